@@ -1,0 +1,610 @@
+"""The agent's configuration: one YAML file validated by pydantic models, loaded once.
+
+Unknown keys are rejected, every field has limits and a description, and every error
+names the file, the line and the YAML path, for example
+``agent.yaml:42 cameras.kitchen-1.detect_interval: must be >= 0.1 s``.
+Secrets never live in the YAML: a field of type :class:`SecretRef` names an environment
+variable, a systemd credential or a file that holds the value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from agent.errors import ConfigError, SecretError
+from agent.redact import register_secret, with_password
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_ID_RE = re.compile(ID_PATTERN)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> object:
+    """Turn ``"500ms"``, ``"30s"``, ``"10m"``, ``"2h"``, ``"7d"`` or a number into seconds.
+
+    Anything else is returned unchanged so that pydantic reports it as the wrong type.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match is None:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 30, '30s', '10m', '2h', '7d')")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SecretRef(_Model):
+    """Where a secret comes from: one of an environment variable, a systemd credential, a file."""
+
+    env: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="environment variable name"
+    )
+    credential: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="systemd credential name (LoadCredential=), read from $CREDENTIALS_DIRECTORY",
+    )
+    file: Path | None = Field(
+        default=None, description="file whose content (stripped) is the secret"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        chosen = [name for name in ("env", "credential", "file") if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise ValueError("give exactly one of env, credential, file")
+        return self
+
+    def describe(self) -> str:
+        """Say where the secret comes from, without its value."""
+        if self.env is not None:
+            return f"env:{self.env}"
+        if self.credential is not None:
+            return f"credential:{self.credential}"
+        return f"file:{self.file}"
+
+    def resolve(self, where: str) -> str:
+        """Return the secret's value; ``where`` is the config path used in errors.
+
+        Raises:
+            SecretError: the variable is unset, or the credential or file is unreadable.
+        """
+        value: str | None
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise SecretError(f"{where}: environment variable {self.env} is not set")
+        else:
+            if self.credential is not None:
+                directory = os.environ.get("CREDENTIALS_DIRECTORY")
+                if not directory:
+                    raise SecretError(
+                        f"{where}: credential {self.credential!r} needs $CREDENTIALS_DIRECTORY "
+                        "(set by systemd's LoadCredential=)"
+                    )
+                path = Path(directory) / self.credential
+            else:
+                path = self.file if self.file is not None else Path()
+            try:
+                value = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise SecretError(
+                    f"{where}: cannot read secret file {path}: {exc.strerror}"
+                ) from exc
+        if not value:
+            raise SecretError(f"{where}: secret from {self.describe()} is empty")
+        register_secret(value)
+        return value
+
+
+class IdentityConfig(_Model):
+    """Who this box is; the ids form the MQTT topic, so they have no defaults on purpose."""
+
+    city: str = Field(pattern=ID_PATTERN, description="city code, e.g. 'hangzhou' or '330100'")
+    school_id: str = Field(pattern=ID_PATTERN, description="the platform's id of the school")
+    box_id: str = Field(pattern=ID_PATTERN, description="id of this box within the school")
+    school_name: str = Field(default="", max_length=200, description="display name, e.g. 某某小学")
+
+
+class TlsConfig(_Model):
+    """TLS towards the broker (used when the URL is mqtts://)."""
+
+    ca_file: Path | None = Field(default=None, description="CA bundle; system CAs when unset")
+    cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(default=None, description="client private key (mutual TLS)")
+    insecure: bool = Field(default=False, description="skip hostname verification (testing only)")
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class MqttConfig(_Model):
+    """The uplink to the city platform's MQTT broker."""
+
+    url: str = Field(
+        default="mqtt://127.0.0.1:1883", description="mqtt://host[:port] or mqtts://host[:port]"
+    )
+    protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version")
+    client_id: str = Field(
+        default="", max_length=128, description="client id; empty means '<city>-<school>-<box>'"
+    )
+    username: str = Field(default="", max_length=256, description="user name; empty for none")
+    password: SecretRef | None = Field(default=None, description="where the password comes from")
+    keepalive: int = Field(default=30, ge=5, le=600, description="keepalive interval, seconds")
+    topic_prefix: str = Field(
+        default="mclz",
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+        description="first topic levels, before <city>/<school>/<box>",
+    )
+    session_expiry: Duration = Field(
+        default=7 * 86400.0,
+        ge=0,
+        le=30 * 86400,
+        description="MQTT 5 session expiry: the broker keeps the box's session this long",
+    )
+    reconnect_min: Duration = Field(default=1.0, ge=0.1, le=60, description="first reconnect delay")
+    reconnect_max: Duration = Field(default=120.0, ge=1, le=3600, description="reconnect delay cap")
+    inflight: int = Field(default=20, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings for mqtts://")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in {"mqtt", "mqtts", "tcp", "ssl"}:
+            raise ValueError(f"scheme must be mqtt:// or mqtts://, got {parts.scheme or 'none'!r}")
+        if not parts.hostname:
+            raise ValueError("URL has no host")
+        if parts.password is not None:
+            raise ValueError("URL contains a password: use mqtt.password (env or credential)")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from None
+        return url
+
+    @property
+    def host(self) -> str:
+        """Broker host name."""
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def use_tls(self) -> bool:
+        """Whether the URL asks for TLS."""
+        return urlsplit(self.url).scheme in {"mqtts", "ssl"}
+
+    @property
+    def port(self) -> int:
+        """Broker port, 1883 or 8883 when the URL names none."""
+        return urlsplit(self.url).port or (8883 if self.use_tls else 1883)
+
+
+class CameraConfig(_Model):
+    """One camera: where its stream is and how often to look at it."""
+
+    name: str = Field(default="", max_length=100, description="display name, e.g. 后厨操作间")
+    url: str = Field(
+        description="rtsp://[user@]host[:port]/path, rtsps://..., or a video file path"
+    )
+    password: SecretRef | None = Field(
+        default=None, description="RTSP password (env or credential)"
+    )
+    enabled: bool = Field(default=True, description="read and analyse this camera")
+    transport: Literal["tcp", "udp"] = Field(default="tcp", description="RTSP transport")
+    detect_interval: Duration = Field(
+        default=1.0, ge=0.1, le=3600, description="seconds between analysed frames"
+    )
+    decode: Literal["auto", "keyframes", "all"] = Field(
+        default="auto",
+        description="auto: keyframes only when they arrive at least every detect_interval",
+    )
+    open_timeout: Duration = Field(default=10.0, ge=1, le=120, description="connect/read timeout")
+    stall_timeout: Duration = Field(
+        default=20.0, ge=1, le=600, description="no frame this long: reconnect"
+    )
+    offline_after: Duration = Field(
+        default=60.0, ge=0, le=3600, description="no frame this long: report the camera offline"
+    )
+    loop: bool = Field(default=False, description="file sources only: replay from the start at end")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        if "://" not in url:
+            if not url.strip():
+                raise ValueError("empty URL")
+            return url  # a local file; existence is checked when the camera opens
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            return url
+        if parts.scheme not in {"rtsp", "rtsps"}:
+            raise ValueError(f"must be rtsp://, rtsps:// or a file path, got {parts.scheme}://")
+        if not parts.hostname:
+            raise ValueError("RTSP URL has no host")
+        if parts.password is not None:
+            raise ValueError(
+                "URL contains a password: remove it and set password: {env: NAME} "
+                "or {credential: NAME} instead"
+            )
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from None
+        return url
+
+    @property
+    def is_file(self) -> bool:
+        """Whether the source is a local file rather than a network stream."""
+        return "://" not in self.url or self.url.startswith("file://")
+
+    def source_url(self, camera_id: str) -> str:
+        """The URL to open, with the password inserted. Never log its result unredacted.
+
+        Raises:
+            SecretError: the password cannot be resolved.
+        """
+        if self.password is None or self.is_file:
+            return self.url
+        secret = self.password.resolve(f"cameras.{camera_id}.password")
+        return with_password(self.url, secret)
+
+
+class ModelConfig(_Model):
+    """The detection model package and how to run it."""
+
+    path: Path = Field(default=Path("models/mclz-default"), description="model package directory")
+    backend: Literal["onnxruntime", "openvino"] = Field(
+        default="onnxruntime", description="inference backend"
+    )
+    threads: int = Field(default=1, ge=1, le=64, description="intra-op threads for inference")
+    conf_threshold: float = Field(
+        default=0.25, ge=0.01, le=1, description="detections below this are discarded"
+    )
+    iou_threshold: float = Field(default=0.45, ge=0.05, le=1, description="NMS IoU threshold")
+
+
+class RuleConfig(_Model):
+    """One violation type: which detections count, for how long, and how often to alert."""
+
+    enabled: bool = Field(default=True, description="raise alerts of this type")
+    labels: tuple[str, ...] = Field(min_length=1, description="model labels that count as this")
+    min_confidence: float = Field(default=0.5, ge=0.01, le=1, description="per-detection threshold")
+    min_duration: Duration = Field(
+        default=3.0, ge=0, le=86400, description="seen this long before an alert is raised"
+    )
+    clear_after: Duration = Field(
+        default=10.0, ge=0, le=86400, description="unseen this long ends the episode"
+    )
+    cooldown: Duration = Field(
+        default=600.0, ge=0, le=7 * 86400, description="no new alert of this type on this camera"
+    )
+    severity: Literal["info", "warning", "critical"] = Field(
+        default="warning", description="how urgent the platform should treat it"
+    )
+
+
+def _default_rules() -> dict[str, RuleConfig]:
+    return {
+        "no_hat": RuleConfig(labels=("head_bare",)),
+        "no_mask": RuleConfig(labels=("face_no_mask",)),
+    }
+
+
+class StorageConfig(_Model):
+    """Where the agent keeps its state: the SQLite database and evidence images."""
+
+    state_dir: Path = Field(
+        default=Path("/var/lib/mclz-agent"), description="database and evidence live here"
+    )
+    message_ttl: Duration = Field(
+        default=7 * 86400.0, ge=60, le=90 * 86400, description="undelivered messages expire after"
+    )
+
+
+class EvidenceConfig(_Model):
+    """Evidence snapshots attached to alerts."""
+
+    enabled: bool = Field(default=True, description="save a JPEG with the boxes drawn per alert")
+    max_width: int = Field(default=1280, ge=160, le=7680, description="downscale wider frames")
+    jpeg_quality: int = Field(default=85, ge=30, le=100, description="JPEG quality")
+    embed: bool = Field(default=True, description="embed the JPEG (base64) in the alert message")
+
+
+class HeartbeatConfig(_Model):
+    """Periodic health report."""
+
+    interval: Duration = Field(default=60.0, ge=1, le=3600, description="seconds between beats")
+
+
+class LoggingConfig(_Model):
+    """Log output."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="level")
+    timestamps: Literal["auto", "yes", "no"] = Field(
+        default="auto", description="auto: none under systemd (journald adds them)"
+    )
+
+
+CameraId = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class AgentConfig(_Model):
+    """The whole configuration file."""
+
+    identity: IdentityConfig = Field(description="who this box is")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="uplink to the platform")
+    cameras: dict[CameraId, CameraConfig] = Field(
+        default_factory=dict, description="cameras by id (lower-case, digits, - and _)"
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig, description="detection model")
+    rules: dict[str, RuleConfig] = Field(
+        default_factory=_default_rules, description="violation types by name"
+    )
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="local state")
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig, description="snapshots")
+    heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig, description="heartbeat")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="logging")
+
+    @field_validator("rules")
+    @classmethod
+    def _rule_names(cls, rules: dict[str, RuleConfig]) -> dict[str, RuleConfig]:
+        for name in rules:
+            if not _ID_RE.match(name):
+                raise ValueError(f"rule name {name!r} must match {ID_PATTERN}")
+        return rules
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id, derived from the identity when not set."""
+        ident = self.identity
+        return self.mqtt.client_id or f"{ident.city}-{ident.school_id}-{ident.box_id}"
+
+    @property
+    def topic_root(self) -> str:
+        """``<prefix>/<city>/<school>/<box>``: every topic of this box starts here."""
+        ident = self.identity
+        return f"{self.mqtt.topic_prefix}/{ident.city}/{ident.school_id}/{ident.box_id}"
+
+    def secret_refs(self) -> Iterable[tuple[str, SecretRef]]:
+        """Every secret reference with its config path."""
+        if self.mqtt.password is not None:
+            yield "mqtt.password", self.mqtt.password
+        for camera_id, camera in self.cameras.items():
+            if camera.password is not None:
+                yield f"cameras.{camera_id}.password", camera.password
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that rejects duplicate mapping keys (YAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _value_node in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """The 1-based line of the deepest node of ``root`` that ``loc`` reaches."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(part):
+                    node = value_node
+                    line = key_node.start_mark.line + 1
+                    break
+            else:
+                break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif parts:
+            parts.append(f".{part}")
+        else:
+            parts.append(str(part))
+    return "".join(parts) or "(top level)"
+
+
+def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    # pydantic adds validator names ("function-after[...]") and union branches to locs.
+    return tuple(
+        p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function")))
+    )
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    msg: str = error["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == ID_PATTERN:
+        return "must be 1-63 lower-case letters, digits, '-' or '_', starting with a letter or digit"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    elif msg.startswith("Assertion failed, "):
+        msg = msg[len("Assertion failed, ") :]
+    return msg
+
+
+def parse_config(text: str, source: str = "<config>") -> AgentConfig:
+    """Validate YAML text; ``source`` names the file in error messages.
+
+    Raises:
+        ConfigError: with every problem listed in ``problems``.
+    """
+    try:
+        root = yaml.compose(text, Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}:1: the file must be a mapping of sections (identity, mqtt, ...)"
+        )
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = _clean_loc(tuple(error["loc"]))
+            line = _line_of(root, loc)
+            where = f"{source}:{line}" if line is not None else source
+            problems.append(f"{where} {_format_loc(loc)}: {_message(error)}")
+        summary = f"{source}: {len(problems)} problem(s) in the configuration"
+        raise ConfigError(summary, problems) from None
+
+
+def _anchor(path: Path | None, base: Path) -> Path | None:
+    if path is None or path.is_absolute():
+        return path
+    return base / path
+
+
+def _anchor_secret(ref: SecretRef | None, base: Path) -> SecretRef | None:
+    if ref is None or ref.file is None:
+        return ref
+    return ref.model_copy(update={"file": _anchor(ref.file, base)})
+
+
+def with_base_dir(config: AgentConfig, base: Path) -> AgentConfig:
+    """Resolve the config's relative paths against ``base`` (the config file's directory)."""
+    cameras = {}
+    for camera_id, camera in config.cameras.items():
+        update: dict[str, Any] = {"password": _anchor_secret(camera.password, base)}
+        if camera.is_file and not camera.url.startswith("file://"):
+            update["url"] = str(_anchor(Path(camera.url), base))
+        cameras[camera_id] = camera.model_copy(update=update)
+    tls = config.mqtt.tls.model_copy(
+        update={
+            "ca_file": _anchor(config.mqtt.tls.ca_file, base),
+            "cert_file": _anchor(config.mqtt.tls.cert_file, base),
+            "key_file": _anchor(config.mqtt.tls.key_file, base),
+        }
+    )
+    mqtt = config.mqtt.model_copy(
+        update={"tls": tls, "password": _anchor_secret(config.mqtt.password, base)}
+    )
+    return config.model_copy(
+        update={
+            "cameras": cameras,
+            "mqtt": mqtt,
+            "model": config.model.model_copy(update={"path": _anchor(config.model.path, base)}),
+            "storage": config.storage.model_copy(
+                update={"state_dir": _anchor(config.storage.state_dir, base)}
+            ),
+        }
+    )
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate the config file at ``path``.
+
+    Relative paths in the file (model, state directory, TLS and secret files, video
+    files) are taken relative to the file's own directory, so a config means the same
+    whatever the working directory of the process.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not YAML or not valid.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    return with_base_dir(parse_config(text, source=str(path)), path.resolve().parent)
+
+
+def check_secrets(config: AgentConfig) -> list[str]:
+    """Resolve every secret reference and return the problems found (empty when all resolve)."""
+    problems = []
+    for where, ref in config.secret_refs():
+        try:
+            ref.resolve(where)
+        except SecretError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def redacted_dict(config: AgentConfig) -> dict[str, Any]:
+    """The effective config as plain data, secrets shown only as where they come from."""
+    data = config.model_dump(mode="json")
+    for where, ref in config.secret_refs():
+        node: Any = data
+        *parents, leaf = where.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = f"<secret from {ref.describe()}>"
+    return data

@@ -1,0 +1,39 @@
+"""Specific exceptions raised inside the agent; only the CLI turns them into exit codes."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base class of every error the agent raises on purpose."""
+
+
+class ConfigError(AgentError):
+    """The configuration file is missing, unreadable or invalid.
+
+    ``problems`` lists every problem found, each already formatted as
+    ``file:line path: message`` so the CLI can print them one per line.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: list[str] = problems or [message]
+
+
+class SecretError(ConfigError):
+    """A secret named in the config cannot be resolved (missing variable or credential file)."""
+
+
+class StreamError(AgentError):
+    """A camera stream cannot be opened or read."""
+
+
+class ModelError(AgentError):
+    """A model package is missing, corrupt, or does not match its manifest."""
+
+
+class OutboxError(AgentError):
+    """The local SQLite store cannot be opened or written."""
+
+
+class UplinkError(AgentError):
+    """The MQTT uplink is misconfigured (bad URL, unreadable TLS material)."""
