@@ -1,0 +1,418 @@
+"""The local SQLite store: every alert and every outgoing message is committed here first.
+
+Write first, send second: a message exists once its transaction has committed, and it
+leaves the outbox only after the broker acknowledged it (PUBACK). The database runs in
+WAL mode with ``synchronous=FULL``: a commit survives kill -9 and power loss, and an
+alert box that raises a handful of alerts an hour can afford an fsync per commit.
+
+Schema changes are named, transactional migrations recorded in the ``migrations`` table
+(the way sqlite-utils' own projects do it): a migration either applies whole or not at all.
+A database file that SQLite cannot read is moved aside and a fresh one started, so the
+agent keeps working; the event is recorded and reported in the next heartbeat.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from agent.errors import OutboxError
+
+logger = logging.getLogger(__name__)
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def _m001_outbox(db: sqlite_utils.Database) -> None:
+    # Raw SQL here because sqlite-utils cannot declare AUTOINCREMENT, and it matters: a seq
+    # is never reused, so the send order is total over the whole life of the file.
+    db.execute(
+        """CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            topic TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            qos INTEGER NOT NULL,
+            retain INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL DEFAULT 0
+        )"""
+    )
+    db.table("outbox").create_index(["next_attempt_at", "seq"], index_name="outbox_due")
+    db.table("outbox").create_index(["kind"], index_name="outbox_kind")
+
+
+def _m002_alerts(db: sqlite_utils.Database) -> None:
+    db.table("alerts").create(
+        {
+            "id": str,
+            "camera": str,
+            "type": str,
+            "severity": str,
+            "started_at": float,
+            "raised_at": float,
+            "confidence": float,
+            "detections": str,
+            "evidence_path": str,
+            "message_id": str,
+        },
+        pk="id",
+        not_null=["camera", "type", "severity", "started_at", "raised_at", "confidence"],
+    )
+    db.table("alerts").create_index(["raised_at"], index_name="alerts_raised_at")
+
+
+def _m003_counters(db: sqlite_utils.Database) -> None:
+    db.table("counters").create({"name": str, "value": int}, pk="name", not_null=["value"])
+
+
+MIGRATIONS: tuple[tuple[str, Migration], ...] = (
+    ("001_outbox", _m001_outbox),
+    ("002_alerts", _m002_alerts),
+    ("003_counters", _m003_counters),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    """One message waiting in the outbox."""
+
+    seq: int
+    id: str
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    kind: str
+    created_at: float
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """An alert as stored locally (the outgoing message is stored beside it)."""
+
+    id: str
+    camera: str
+    type: str
+    severity: str
+    started_at: float
+    raised_at: float
+    confidence: float
+    detections: list[dict[str, Any]]
+    evidence_path: str | None
+
+
+class Outbox:
+    """Thread-safe store for alerts and outgoing messages, backed by one SQLite file."""
+
+    def __init__(self, path: Path, *, ttl: float = 7 * 86400.0) -> None:
+        """Open (creating, migrating or recovering) the database at ``path``.
+
+        Raises:
+            OutboxError: the directory cannot be created or the file cannot be opened.
+        """
+        self.path = path
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutboxError(
+                f"{path.parent}: cannot create state directory: {exc.strerror}"
+            ) from exc
+        self.recovered_from: Path | None = None
+        try:
+            self._conn = self._open()
+        except sqlite3.DatabaseError as exc:
+            self.recovered_from = self._move_aside(exc)
+            try:
+                self._conn = self._open()
+            except sqlite3.Error as exc2:
+                raise OutboxError(f"{path}: cannot open a fresh database: {exc2}") from exc2
+            self.bump("db_recovered")
+        self._db = sqlite_utils.Database(self._conn)
+
+    # ------------------------------------------------------------------ opening
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: every commit is fsynced, so an acknowledged write survives power loss.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            result = conn.execute("PRAGMA quick_check").fetchone()
+            if result is None or result[0] != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {result[0] if result else 'no answer'}")
+            self._migrate(conn)
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    def _move_aside(self, exc: sqlite3.DatabaseError) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        logger.error("database %s is unreadable (%s): moving it to %s", self.path, exc, target)
+        try:
+            self.path.replace(target)
+            for suffix in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    side.replace(target.with_name(target.name + suffix))
+        except OSError as move_exc:
+            raise OutboxError(
+                f"{self.path}: database is corrupt and cannot be moved aside: {move_exc.strerror}"
+            ) from move_exc
+        return target
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        db = sqlite_utils.Database(conn)
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS migrations"
+            " (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+        done = {row[0] for row in conn.execute("SELECT name FROM migrations")}
+        for name, migration in MIGRATIONS:
+            if name in done:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                migration(db)
+                conn.execute(
+                    "INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, time.time())
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            logger.info("database migration %s applied", name)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise OutboxError(f"{self.path}: cannot begin a transaction: {exc}") from exc
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise OutboxError(f"{self.path}: write failed: {exc}") from exc
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close the file."""
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                logger.warning("WAL checkpoint of %s failed: %s", self.path, exc)
+            self._conn.close()
+
+    # ------------------------------------------------------------------ writing
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection,
+        topic: str,
+        payload: bytes,
+        *,
+        kind: str,
+        qos: int,
+        retain: bool,
+        msg_id: str,
+        now: float,
+        ttl: float,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO outbox (id, topic, payload, qos, retain, kind, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (msg_id, topic, payload, qos, int(retain), kind, now, now + ttl),
+        )
+
+    def enqueue(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        kind: str,
+        qos: int = 1,
+        retain: bool = False,
+        msg_id: str | None = None,
+        ttl: float | None = None,
+    ) -> str:
+        """Commit one outgoing message and return its id.
+
+        Raises:
+            OutboxError: the write failed (disk full, I/O error).
+        """
+        msg_id = msg_id or uuid.uuid4().hex
+        now = time.time()
+        with self._transaction() as conn:
+            self._insert(
+                conn,
+                topic,
+                payload,
+                kind=kind,
+                qos=qos,
+                retain=retain,
+                msg_id=msg_id,
+                now=now,
+                ttl=self.ttl if ttl is None else ttl,
+            )
+        return msg_id
+
+    def record_alert(self, alert: AlertRecord, topic: str, payload: bytes) -> None:
+        """Commit an alert and its outgoing message in one transaction.
+
+        Raises:
+            OutboxError: the write failed; neither the alert nor its message is stored.
+        """
+        now = time.time()
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO alerts (id, camera, type, severity, started_at, raised_at,"
+                " confidence, detections, evidence_path, message_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    alert.id,
+                    alert.camera,
+                    alert.type,
+                    alert.severity,
+                    alert.started_at,
+                    alert.raised_at,
+                    alert.confidence,
+                    json.dumps(alert.detections),
+                    alert.evidence_path,
+                    alert.id,
+                ),
+            )
+            self._insert(
+                conn,
+                topic,
+                payload,
+                kind="alert",
+                qos=1,
+                retain=False,
+                msg_id=alert.id,
+                now=now,
+                ttl=self.ttl,
+            )
+
+    def bump(self, name: str, by: int = 1) -> None:
+        """Add ``by`` to a persistent counter (survives restarts; reported in heartbeats)."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (name, by),
+            )
+
+    # ------------------------------------------------------------------ sending
+
+    def due(self, limit: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[OutMessage]:
+        """Up to ``limit`` messages ready to send, oldest first, skipping seqs in ``exclude``."""
+        now = time.time()
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, id, topic, payload, qos, retain, kind, created_at, attempts"
+                " FROM outbox WHERE next_attempt_at <= ? AND expires_at > ?"
+                " ORDER BY seq LIMIT ?",
+                (now, now, limit + len(exclude)),
+            ).fetchall()
+        out = [
+            OutMessage(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5]), r[6], r[7], r[8])
+            for r in rows
+            if r[0] not in exclude
+        ]
+        return out[:limit]
+
+    def ack(self, seq: int) -> None:
+        """The broker acknowledged message ``seq``: remove it."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    def defer(self, seq: int, delay: float) -> None:
+        """The broker refused message ``seq``: try it again after ``delay`` seconds."""
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE outbox SET next_attempt_at = ?, attempts = attempts + 1 WHERE seq = ?",
+                (time.time() + delay, seq),
+            )
+
+    def expire(self) -> int:
+        """Delete messages past their TTL, count them per kind, and return how many."""
+        now = time.time()
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT kind, COUNT(*) FROM outbox WHERE expires_at <= ? GROUP BY kind", (now,)
+            ).fetchall()
+            conn.execute("DELETE FROM outbox WHERE expires_at <= ?", (now,))
+            for kind, count in rows:
+                conn.execute(
+                    "INSERT INTO counters (name, value) VALUES (?, ?)"
+                    " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                    (f"expired_{kind}", count),
+                )
+        total = int(sum(count for _kind, count in rows))
+        if total:
+            logger.warning("%d undelivered message(s) expired after their TTL", total)
+        return total
+
+    # ------------------------------------------------------------------ reading
+
+    def backlog(self) -> dict[str, int]:
+        """Undelivered messages per kind."""
+        with self._lock:
+            rows = self._conn.execute("SELECT kind, COUNT(*) FROM outbox GROUP BY kind").fetchall()
+        return dict(rows)
+
+    def counters(self) -> dict[str, int]:
+        """All persistent counters."""
+        with self._lock:
+            rows = self._conn.execute("SELECT name, value FROM counters ORDER BY name").fetchall()
+        return dict(rows)
+
+    def alerts(self, limit: int = 100) -> list[AlertRecord]:
+        """The most recent alerts, newest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, camera, type, severity, started_at, raised_at, confidence,"
+                " detections, evidence_path FROM alerts ORDER BY raised_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            AlertRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "[]"), r[8])
+            for r in rows
+        ]
+
+    def integrity_ok(self) -> bool:
+        """Whether SQLite's full integrity check passes."""
+        with self._lock:
+            row = self._conn.execute("PRAGMA integrity_check").fetchone()
+        return row is not None and row[0] == "ok"

@@ -1,0 +1,150 @@
+"""Turn per-frame detections into alerts: one real violation gives one alert, noise gives none.
+
+Each (camera, violation type) pair has its own episode state:
+
+* a frame *hits* when one of the rule's labels is detected at ``min_confidence`` or more;
+* an episode starts at the first hit and lasts while hits keep coming with gaps no longer
+  than ``clear_after`` (a detector misses a head now and then; that must not restart it);
+* the alert is raised once the episode has lasted ``min_duration`` and the camera is out
+  of the type's ``cooldown``; an episode raises at most one alert;
+* the cooldown runs from the last alert of that type on that camera.
+
+Times are monotonic seconds supplied by the caller, so the engine is deterministic and
+property-testable; wall-clock times for the report are carried alongside.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.config import RuleConfig
+from agent.detect import Detection
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A violation that passed its rule: to be stored, published and sounded."""
+
+    id: str
+    type: str
+    severity: str
+    camera_id: str
+    started_at: float  # wall clock, first hit of the episode
+    raised_at: float  # wall clock
+    confidence: float  # best confidence seen in the episode
+    detections: tuple[Detection, ...]  # the hits of the evidence frame
+    frame: np.ndarray | None = field(repr=False, compare=False)  # BGR evidence frame
+
+
+@dataclass(slots=True)
+class _Episode:
+    first_mono: float
+    last_mono: float
+    first_wall: float
+    best_confidence: float = 0.0
+    best_frame: np.ndarray | None = None
+    best_hits: tuple[Detection, ...] = ()
+    raised: bool = False
+
+
+@dataclass(slots=True)
+class _TrackState:
+    episode: _Episode | None = None
+    last_alert_mono: float | None = None
+
+
+class RuleEngine:
+    """Applies every enabled rule to each analysed frame of each camera."""
+
+    def __init__(self, rules: Mapping[str, RuleConfig]) -> None:
+        self.rules = {name: rule for name, rule in rules.items() if rule.enabled}
+        self._states: dict[tuple[str, str], _TrackState] = {}
+        self.alerts_raised = 0
+        self.suppressed_by_cooldown = 0
+
+    def update(
+        self,
+        camera_id: str,
+        detections: Sequence[Detection],
+        *,
+        mono: float,
+        wall: float,
+        frame: np.ndarray | None = None,
+    ) -> list[Alert]:
+        """Feed one analysed frame; return the alerts it completes (usually none)."""
+        alerts: list[Alert] = []
+        for name, rule in self.rules.items():
+            hits = tuple(
+                d
+                for d in detections
+                if d.label in rule.labels and d.confidence >= rule.min_confidence
+            )
+            state = self._states.setdefault((camera_id, name), _TrackState())
+            alert = self._step(
+                state, name, rule, camera_id=camera_id, hits=hits, mono=mono, wall=wall, frame=frame
+            )
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+    def _step(
+        self,
+        state: _TrackState,
+        name: str,
+        rule: RuleConfig,
+        *,
+        camera_id: str,
+        hits: tuple[Detection, ...],
+        mono: float,
+        wall: float,
+        frame: np.ndarray | None,
+    ) -> Alert | None:
+        episode = state.episode
+        if episode is not None and mono - episode.last_mono > rule.clear_after:
+            episode = state.episode = None  # the gap was too long: that episode is over
+        if not hits:
+            return None
+        if episode is None:
+            episode = state.episode = _Episode(first_mono=mono, last_mono=mono, first_wall=wall)
+        episode.last_mono = mono
+        best = max(d.confidence for d in hits)
+        if best >= episode.best_confidence:
+            episode.best_confidence = best
+            episode.best_frame = frame
+            episode.best_hits = hits
+        if episode.raised or mono - episode.first_mono < rule.min_duration:
+            return None
+        if state.last_alert_mono is not None and mono - state.last_alert_mono < rule.cooldown:
+            self.suppressed_by_cooldown += 1
+            return None
+        episode.raised = True
+        state.last_alert_mono = mono
+        self.alerts_raised += 1
+        return Alert(
+            id=uuid.uuid4().hex,
+            type=name,
+            severity=rule.severity,
+            camera_id=camera_id,
+            started_at=episode.first_wall,
+            raised_at=wall,
+            confidence=episode.best_confidence,
+            detections=episode.best_hits,
+            frame=episode.best_frame,
+        )
+
+    def active(self, camera_id: str, mono: float) -> list[str]:
+        """Violation types with an open episode on ``camera_id`` at time ``mono``."""
+        out = []
+        for (cam, name), state in self._states.items():
+            ep = state.episode
+            if (
+                cam == camera_id
+                and ep is not None
+                and mono - ep.last_mono <= self.rules[name].clear_after
+            ):
+                out.append(name)
+        return sorted(out)
