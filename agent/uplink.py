@@ -1,0 +1,330 @@
+"""The MQTT uplink to the city platform: drains the outbox, keeps availability, takes commands.
+
+The uplink never holds a message of its own: it reads due messages from the outbox,
+publishes them at QoS 1, and deletes each from the outbox only when the broker's PUBACK
+arrives (``on_publish``). paho keeps unacknowledged QoS 1 messages and resends them after
+a reconnect, so a message in flight when the link drops is neither lost nor re-read; one
+in flight when the process dies is still in the outbox and is sent again at the next start
+(delivery is at-least-once; every payload carries a unique ``id`` for de-duplication).
+
+Availability is retained at ``<root>/availability``: ``online`` after each CONNACK, an
+``offline`` last will if the box vanishes, and an explicit ``offline`` on clean shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config import AgentConfig
+from agent.contract import availability_payload
+from agent.errors import SecretError, UplinkError
+from agent.outbox import Outbox
+
+logger = logging.getLogger(__name__)
+
+#: Seconds before a message the broker refused (PUBACK reason >= 0x80) is tried again.
+REFUSED_RETRY = 60.0
+
+
+class Uplink:
+    """One paho client, one drain thread; ``connected`` is true only after a successful CONNACK."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        outbox: Outbox,
+        *,
+        on_command: Callable[[bytes], None] | None = None,
+    ) -> None:
+        """Build the client; nothing connects until :meth:`start`.
+
+        Raises:
+            UplinkError: TLS files are unreadable or the client cannot be configured.
+            SecretError: the password cannot be resolved.
+        """
+        self.config = config
+        self.outbox = outbox
+        self.on_command = on_command
+        self.root = config.topic_root
+        self.availability_topic = f"{self.root}/availability"
+        self.command_topic = f"{self.root}/command"
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._connected = threading.Event()
+        self._lock = threading.Lock()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
+        self._early: dict[int, ReasonCode] = {}  # PUBACKs that arrived before registration
+        self._foreign: set[int] = set()  # mids of messages not from the outbox
+        self.published = 0
+        self.acked = 0
+        self.refused = 0
+        self.connects = 0
+        self.disconnects = 0
+        self.last_error = ""
+        self._client = self._build_client()
+        self._thread = threading.Thread(target=self._drain_loop, name="uplink-drain", daemon=True)
+
+    # ------------------------------------------------------------------ setup
+
+    def _build_client(self) -> mqtt.Client:
+        cfg = self.config.mqtt
+        v5 = cfg.protocol == "5"
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.config.client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else False,
+            reconnect_on_failure=True,
+        )
+        client.enable_logger(logging.getLogger("agent.uplink.paho"))
+        if cfg.username:
+            password = cfg.password.resolve("mqtt.password") if cfg.password is not None else None
+            client.username_pw_set(cfg.username, password)
+        elif cfg.password is not None:
+            raise SecretError("mqtt.password is set but mqtt.username is empty")
+        if cfg.use_tls:
+            tls = cfg.tls
+            try:
+                client.tls_set(
+                    ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                    certfile=str(tls.cert_file) if tls.cert_file else None,
+                    keyfile=str(tls.key_file) if tls.key_file else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise UplinkError(f"mqtt.tls: cannot load TLS material: {exc}") from exc
+            client.tls_insecure_set(tls.insecure)
+        will = availability_payload("offline", "connection_lost", None)
+        client.will_set(self.availability_topic, will, qos=1, retain=True)
+        client.reconnect_delay_set(
+            min_delay=max(1, round(cfg.reconnect_min)), max_delay=round(cfg.reconnect_max)
+        )
+        client.max_inflight_messages_set(cfg.inflight)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def connected(self) -> bool:
+        """Whether the last CONNACK was a success and the link has not dropped since."""
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a successful connection."""
+        return self._connected.wait(timeout)
+
+    def start(self) -> None:
+        """Connect in the background and start draining the outbox."""
+        cfg = self.config.mqtt
+        properties = None
+        if cfg.protocol == "5":
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = int(cfg.session_expiry)
+        logger.info("uplink: connecting to %s:%d as %s", cfg.host, cfg.port, self.config.client_id)
+        self._client.connect_async(
+            cfg.host,
+            cfg.port,
+            keepalive=cfg.keepalive,
+            clean_start=False if cfg.protocol == "5" else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+        )
+        self._client.loop_start()
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Tell the drain loop that new messages are waiting."""
+        self._wake.set()
+
+    def stop(self, drain_timeout: float = 2.0) -> None:
+        """Wait briefly for in-flight messages, publish ``offline``, disconnect, stop threads.
+
+        Whatever is not acknowledged by then stays in the outbox for the next start.
+        """
+        deadline = time.monotonic() + drain_timeout
+        while self.connected and time.monotonic() < deadline:
+            with self._lock:
+                busy = bool(self._inflight)
+            if not busy and not self.outbox.due(1):
+                break
+            time.sleep(0.05)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=2.0)
+        if self.connected:
+            info = self._client.publish(
+                self.availability_topic,
+                availability_payload("offline", "shutdown", time.time()),
+                qos=1,
+                retain=True,
+            )
+            try:
+                info.wait_for_publish(timeout=max(0.2, deadline - time.monotonic() + 1.0))
+            except (RuntimeError, ValueError) as exc:
+                logger.warning("uplink: offline availability not confirmed: %s", exc)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # ------------------------------------------------------------------ callbacks (paho thread)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"connect refused: {reason_code}"
+            logger.error("uplink: broker refused the connection: %s", reason_code)
+            return
+        self.connects += 1
+        logger.info(
+            "uplink: connected (session present: %s)", getattr(flags, "session_present", False)
+        )
+        info = client.publish(
+            self.availability_topic,
+            availability_payload("online", "connected", time.time()),
+            qos=1,
+            retain=True,
+        )
+        with self._lock:
+            # Its PUBACK cannot arrive before this callback returns (same thread).
+            self._foreign.add(info.mid)
+        client.subscribe(self.command_topic, qos=1)
+        self._connected.set()
+        self._wake.set()
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: object) -> None:
+        cfg = self.config.mqtt
+        if self.last_error != f"cannot reach {cfg.host}:{cfg.port}":
+            logger.warning("uplink: cannot reach %s:%d; retrying with backoff", cfg.host, cfg.port)
+        self.last_error = f"cannot reach {cfg.host}:{cfg.port}"
+
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        _flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if not was or self._stop.is_set():
+            return  # a refused or failed connect was already reported by _on_connect
+        self.disconnects += 1
+        self.last_error = f"disconnected: {reason_code}"
+        logger.warning("uplink: disconnected (%s); paho reconnects with backoff", reason_code)
+
+    def _on_publish(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        mid: int,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            if mid in self._foreign:
+                self._foreign.discard(mid)
+                return
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                self._early[mid] = reason_code
+                return
+        self._settle(seq, reason_code)
+
+    def _settle(self, seq: int, reason_code: ReasonCode) -> None:
+        try:
+            if reason_code.is_failure:
+                self.refused += 1
+                self.last_error = f"broker refused a message: {reason_code}"
+                logger.error("uplink: broker refused message seq %d: %s", seq, reason_code)
+                self.outbox.defer(seq, REFUSED_RETRY)
+            else:
+                self.acked += 1
+                self.outbox.ack(seq)
+        except Exception:
+            logger.exception("uplink: cannot record the PUBACK of seq %d", seq)
+        self._wake.set()
+
+    def _on_message(
+        self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage
+    ) -> None:
+        if message.topic != self.command_topic or self.on_command is None:
+            return
+        try:
+            self.on_command(bytes(message.payload))
+        except Exception:
+            logger.exception("uplink: command handler failed")
+
+    # ------------------------------------------------------------------ drain thread
+
+    def _drain_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._wake.wait(1.0)
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
+                if self.connected:
+                    self._fill_window()
+        except Exception:
+            logger.exception("uplink: drain thread crashed")
+
+    def _fill_window(self) -> None:
+        with self._lock:
+            free = self.config.mqtt.inflight - len(self._inflight)
+            busy = set(self._inflight.values())
+        if free <= 0:
+            return
+        for message in self.outbox.due(free, exclude=busy):
+            if not self.connected or self._stop.is_set():
+                return
+            # Never hold self._lock across publish(): paho calls on_publish while holding its
+            # own message mutex, which publish() also takes.
+            info = self._client.publish(
+                message.topic, message.payload, qos=message.qos, retain=message.retain
+            )
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                logger.warning("uplink: publish of seq %d failed: %s", message.seq, info.rc)
+                continue
+            self.published += 1
+            with self._lock:
+                early = self._early.pop(info.mid, None)
+                if early is None:
+                    self._inflight[info.mid] = message.seq
+            if early is not None:  # the PUBACK beat us to the registration
+                self._settle(message.seq, early)
+
+    def snapshot(self) -> dict[str, object]:
+        """Link health as plain data."""
+        with self._lock:
+            inflight = len(self._inflight)
+        return {
+            "connected": self.connected,
+            "connects": self.connects,
+            "disconnects": self.disconnects,
+            "published": self.published,
+            "acked": self.acked,
+            "refused": self.refused,
+            "inflight": inflight,
+            "last_error": self.last_error,
+        }
