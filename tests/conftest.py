@@ -1,0 +1,135 @@
+"""Pytest fixtures that start real services (mosquitto, an RTSP camera) and make clips.
+
+The classes live in ``tests/services.py``; these fixtures start them on ephemeral loopback
+ports and always stop them at teardown. A missing mosquitto or GStreamer RTSP server makes
+the fixture fail (not skip) with the Debian package to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+from services import (
+    Broker,
+    BrokerFactory,
+    ClipFactory,
+    CollectorFactory,
+    MissingDependencyError,
+    MqttCollector,
+    RtspServer,
+    RtspServerFactory,
+    ServiceError,
+    SquaresFn,
+    make_clip,
+)
+
+SAMPLE_VIDEO = (
+    Path(__file__).resolve().parents[1].parent / "shared/videos/bareheaded_people_indoor.mp4"
+)
+
+
+@pytest.fixture
+def broker_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerFactory]:
+    """Start mosquitto brokers on demand (``users`` → password file, no anonymous access)."""
+    brokers: list[Broker] = []
+
+    def make(users: Mapping[str, str] | None = None) -> Broker:
+        workdir = tmp_path_factory.mktemp("mosquitto")
+        try:
+            broker = Broker(workdir, users=users)
+        except MissingDependencyError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        brokers.append(broker)
+        return broker.start()
+
+    yield make
+    for broker in brokers:
+        with contextlib.suppress(ServiceError, OSError):
+            broker.stop()
+        broker.kill()
+
+
+@pytest.fixture
+def broker(broker_factory: BrokerFactory) -> Broker:
+    """Give a started anonymous mosquitto broker on a free loopback port."""
+    return broker_factory()
+
+
+@pytest.fixture
+def mqtt_collector() -> Iterator[CollectorFactory]:
+    """Connect collectors ``(url, topic="#")``, subscribed at QoS 1; closed at teardown."""
+    collectors: list[MqttCollector] = []
+
+    def make(url: str, topic: str = "#") -> MqttCollector:
+        collector = MqttCollector(url, topic)
+        collectors.append(collector)
+        return collector
+
+    yield make
+    for collector in collectors:
+        collector.close()
+
+
+@pytest.fixture
+def rtsp_server_factory() -> Iterator[RtspServerFactory]:
+    """Start ``scripts/rtsp_server.py`` cameras ``(mounts, loop, user, password)``."""
+    servers: list[RtspServer] = []
+
+    def make(
+        mounts: Mapping[str, Path],
+        loop: bool = True,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> RtspServer:
+        server = RtspServer(mounts, loop=loop, user=user, password=password)
+        servers.append(server)
+        try:
+            return server.start()
+        except MissingDependencyError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def clip_factory(tmp_path: Path) -> ClipFactory:
+    """Write H.264/H.265 MP4 clips under the test's tmp dir (see ``services.make_clip``)."""
+
+    def make(
+        name: str = "clip.mp4",
+        *,
+        width: int = 640,
+        height: int = 360,
+        fps: int = 10,
+        seconds: float = 4.0,
+        gop: int = 10,
+        codec: str = "libx264",
+        squares: SquaresFn | None = None,
+        seed: int = 0,
+    ) -> Path:
+        return make_clip(
+            tmp_path / name,
+            width=width,
+            height=height,
+            fps=fps,
+            seconds=seconds,
+            gop=gop,
+            codec=codec,
+            squares=squares,
+            seed=seed,
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def sample_video() -> Path:
+    """Return the shared real kitchen clip, or skip when ../shared is not checked out."""
+    if not SAMPLE_VIDEO.is_file():
+        pytest.skip(f"../shared is absent: {SAMPLE_VIDEO} not found")
+    return SAMPLE_VIDEO
