@@ -1,0 +1,507 @@
+"""Camera ingest: one supervised PyAV reader per camera, decoding only what detection needs.
+
+Each reader demuxes its stream and decodes as little as it can: when keyframes arrive at
+least as often as the camera's detection interval, the decoder is told to skip every
+non-key frame (``skip_frame = NONKEY``), which costs a fraction of a full decode; otherwise
+it decodes every frame but converts to BGR only the frames that will be analysed. The
+newest frame wins: a frame that detection has not taken before the next one arrives is
+dropped and counted, so a slow detector never builds a queue.
+
+A camera's health is debounced: it is reported ``offline`` only after ``offline_after``
+seconds without a frame, so a reboot or a blip does not flap the platform's board, but
+every reconnect and stall is still counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import errno
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import av
+import av.error
+import numpy as np
+
+from agent.config import CameraConfig
+from agent.errors import SecretError, StreamError
+from agent.redact import redact_text, redact_url
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_MIN = 1.0
+BACKOFF_MAX = 120.0
+ERROR_RING = 20
+#: A frame is due when this share of the detection interval has passed (keyframes jitter).
+DUE_FRACTION = 0.9
+
+
+class CameraState(str, enum.Enum):
+    """What the platform is told about a camera."""
+
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A decoded frame handed to detection."""
+
+    camera_id: str
+    image: np.ndarray = field(repr=False)  # BGR, HxWx3 uint8
+    wall: float  # time.time() when decoded
+    mono: float  # time.monotonic() when decoded
+    keyframe: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A change of a camera's reported state."""
+
+    camera_id: str
+    old: CameraState
+    new: CameraState
+    wall: float
+    reason: str
+
+
+class FrameSlot:
+    """Holds the newest frame of one camera; an untaken frame replaced by a newer one is dropped."""
+
+    def __init__(self, wake: threading.Event | None = None) -> None:
+        self._lock = threading.Lock()
+        self._frame: Frame | None = None
+        self._wake = wake
+        self.dropped = 0
+
+    def put(self, frame: Frame) -> None:
+        """Offer a frame; replaces (and counts as dropped) one not yet taken."""
+        with self._lock:
+            if self._frame is not None:
+                self.dropped += 1
+            self._frame = frame
+        if self._wake is not None:
+            self._wake.set()
+
+    def take(self) -> Frame | None:
+        """Take the newest frame, if any."""
+        with self._lock:
+            frame, self._frame = self._frame, None
+        return frame
+
+
+class Backoff:
+    """Capped exponential backoff with jitter, reset after success."""
+
+    def __init__(self, minimum: float = BACKOFF_MIN, maximum: float = BACKOFF_MAX) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; grows 2x per failure up to ``maximum``."""
+        base = min(self.maximum, self.minimum * (2**self.failures))
+        self.failures += 1
+        # Full jitter on the upper half: many cameras behind one NVR don't retry in lockstep.
+        return float(base * (0.5 + random.random() / 2))  # noqa: S311 - not cryptographic
+
+    def reset(self) -> None:
+        """Forget past failures."""
+        self.failures = 0
+
+
+def classify_error(exc: BaseException) -> str:  # noqa: PLR0911 - a decision table
+    """Map a PyAV/OS error to a short class the platform can group by."""
+    text = str(exc).lower()
+    if (
+        isinstance(exc, av.error.HTTPUnauthorizedError | av.error.HTTPForbiddenError)
+        or "401" in text
+    ):
+        return "auth_failed"
+    if isinstance(exc, FileNotFoundError | av.error.HTTPNotFoundError) or "404" in text:
+        return "not_found"
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, ConnectionRefusedError) or code == errno.ECONNREFUSED or "refused" in text:
+        return "refused"
+    if isinstance(exc, TimeoutError) or code == errno.ETIMEDOUT or "timed out" in text:
+        return "timeout"
+    if isinstance(exc, EOFError) or "end of file" in text:
+        return "ended"
+    if isinstance(exc, av.error.InvalidDataError) or "invalid data" in text:
+        return "decode_error"
+    if code in {errno.EHOSTUNREACH, errno.ENETUNREACH} or "unreachable" in text:
+        return "unreachable"
+    return "error"
+
+
+@dataclass(slots=True)
+class CameraStats:
+    """Counters of one camera, read by the heartbeat and status output."""
+
+    packets: int = 0
+    keyframes: int = 0
+    decoded: int = 0
+    analysed: int = 0
+    decode_errors: int = 0
+    reconnects: int = 0
+    stalls: int = 0
+    blips: int = 0
+    gop_seconds: float | None = None
+    decode_mode: str = "all"
+    last_error: str = ""
+    last_error_class: str = ""
+    fps: float = 0.0
+
+
+class _SessionError(StreamError):
+    """A reading session ended; ``had_frames`` says whether it decoded anything first."""
+
+    def __init__(self, message: str, had_frames: bool) -> None:
+        super().__init__(message)
+        self.had_frames = had_frames
+
+
+class CameraReader:
+    """Reads one camera in its own thread, supervised: reconnects with backoff, never gives up."""
+
+    def __init__(
+        self,
+        camera_id: str,
+        config: CameraConfig,
+        *,
+        stop: threading.Event,
+        slot: FrameSlot,
+        on_transition: Callable[[Transition], None] | None = None,
+    ) -> None:
+        self.camera_id = camera_id
+        self.config = config
+        self.stop = stop
+        self.slot = slot
+        self.on_transition = on_transition
+        self.stats = CameraStats()
+        self.errors: collections.deque[tuple[float, str]] = collections.deque(maxlen=ERROR_RING)
+        self.display_url = redact_url(config.url)
+        self._lock = threading.Lock()
+        self._state = CameraState.CONNECTING
+        self._since = time.time()
+        self._started_mono = time.monotonic()
+        self._last_frame_mono: float | None = None
+        self._last_emit_mono: float | None = None
+        self._last_packet_mono: float | None = None
+        self._fps_window: collections.deque[float] = collections.deque(maxlen=256)
+        self._backoff = Backoff()
+        self._interrupted = False  # a session failed since the last frame
+        self._thread = threading.Thread(target=self._run, name=f"ingest-{camera_id}", daemon=True)
+
+    # ------------------------------------------------------------------ public
+
+    def start(self) -> None:
+        """Start the reader thread."""
+        self._thread.start()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the thread to end; return whether it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def state(self) -> CameraState:
+        """The reported (debounced) state."""
+        with self._lock:
+            return self._state
+
+    @property
+    def since(self) -> float:
+        """Wall time of the last state transition."""
+        with self._lock:
+            return self._since
+
+    def tick(self, mono: float | None = None) -> Transition | None:
+        """Check the debounce timer; called about once a second by the health loop."""
+        mono = time.monotonic() if mono is None else mono
+        with self._lock:
+            window = self._fps_window
+            while window and mono - window[0] > 5.0:
+                window.popleft()
+            self.stats.fps = len(window) / 5.0 if window else 0.0
+            if self._state is CameraState.OFFLINE:
+                return None
+            reference = (
+                self._last_frame_mono if self._last_frame_mono is not None else self._started_mono
+            )
+            if mono - reference < self.config.offline_after:
+                return None
+            reason = self.stats.last_error_class or "no_frames"
+            transition = self._set_state(CameraState.OFFLINE, reason)
+        self._announce(transition)
+        return transition
+
+    # ------------------------------------------------------------------ state
+
+    def _set_state(self, new: CameraState, reason: str) -> Transition:
+        # Caller holds self._lock.
+        old = self._state
+        self._state = new
+        self._since = time.time()
+        return Transition(self.camera_id, old, new, self._since, reason)
+
+    def _announce(self, transition: Transition) -> None:
+        logger.info(
+            "camera %s: %s -> %s (%s)",
+            self.camera_id,
+            transition.old.value,
+            transition.new.value,
+            transition.reason,
+        )
+        if self.on_transition is not None:
+            try:
+                self.on_transition(transition)
+            except Exception:
+                logger.exception("camera %s: state transition handler failed", self.camera_id)
+
+    def _record_error(self, exc: BaseException) -> str:
+        kind = classify_error(exc)
+        text = redact_text(f"{type(exc).__name__}: {exc}")
+        with self._lock:
+            self.stats.last_error = text
+            self.stats.last_error_class = kind
+        self.errors.append((time.time(), text))
+        return kind
+
+    # ------------------------------------------------------------------ thread
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                try:
+                    good = self._session()
+                except StreamError as exc:
+                    good = self._failed(exc)
+                else:
+                    continue  # a looping file reached its end: reopen at once
+                if self.stop.is_set():
+                    break
+                if good:
+                    self._backoff.reset()
+                delay = self._backoff.next_delay()
+                logger.debug("camera %s: reconnecting in %.1f s", self.camera_id, delay)
+                self.stop.wait(delay)
+        except Exception:
+            logger.exception("camera %s: reader thread crashed", self.camera_id)
+
+    def _failed(self, exc: StreamError) -> bool:
+        """Record a failed session; return whether it had decoded frames before failing."""
+        kind = self._record_error(exc.__cause__ or exc)
+        if not self.stop.is_set():
+            logger.warning("camera %s (%s): %s [%s]", self.camera_id, self.display_url, exc, kind)
+            for stamp, text in list(self.errors)[-5:-1]:
+                logger.debug("camera %s: earlier error at %.0f: %s", self.camera_id, stamp, text)
+        with self._lock:
+            self.stats.reconnects += 1
+            self._interrupted = True
+        return exc.had_frames if isinstance(exc, _SessionError) else False
+
+    def _is_loop(self) -> bool:
+        return self.config.is_file and self.config.loop
+
+    def _open(self) -> av.container.InputContainer:
+        cfg = self.config
+        try:
+            url = cfg.source_url(self.camera_id)
+        except SecretError as exc:
+            raise StreamError(str(exc)) from exc
+        options: dict[str, str] = {}
+        if cfg.is_file:
+            path = url[len("file://") :] if url.startswith("file://") else url
+            if not Path(path).is_file():
+                raise StreamError(f"video file {path} not found") from FileNotFoundError(path)
+            url = path
+        else:
+            options = {
+                "rtsp_transport": cfg.transport,
+                # Socket I/O timeout in microseconds (FFmpeg's RTSP demuxer).
+                "timeout": str(int(cfg.open_timeout * 1_000_000)),
+                "fflags": "nobuffer",
+                # Don't spend ~2 s estimating the frame rate at every (re)connect.
+                "fpsprobesize": "0",
+            }
+            if urlsplit(url).scheme == "rtsps":
+                options["rtsp_flags"] = "prefer_tcp"
+        try:
+            container = av.open(
+                url, mode="r", options=options, timeout=(cfg.open_timeout, cfg.stall_timeout)
+            )
+        except (av.error.FFmpegError, OSError) as exc:
+            raise StreamError(f"cannot open stream: {redact_text(str(exc))}") from exc
+        return container
+
+    def _session(self) -> bool:
+        """Open the stream and read it; return only when a looping file ends.
+
+        Raises:
+            StreamError: the stream could not be opened, failed, stalled or ended;
+                ``had_frames`` says whether it decoded any frame first.
+        """
+        container = self._open()
+        got_frame = False
+        try:
+            if not container.streams.video:
+                raise _SessionError("the source has no video stream", had_frames=False)
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            ctx.thread_type = "SLICE"  # frame threading delays output by a frame per thread
+            time_base = stream.time_base or Fraction(1, 90000)
+            logger.info(
+                "camera %s: opened %s (%s %dx%d)",
+                self.camera_id,
+                self.display_url,
+                ctx.name,
+                ctx.width,
+                ctx.height,
+            )
+            got_frame = self._read(container, stream, time_base)
+        except (av.error.FFmpegError, OSError, EOFError) as exc:
+            if self.stop.is_set():
+                return got_frame
+            if isinstance(exc, av.error.ExitError | TimeoutError):
+                with self._lock:
+                    self.stats.stalls += 1
+            raise _SessionError(f"stream failed: {redact_text(str(exc))}", got_frame) from exc
+        finally:
+            container.close()
+        if self.stop.is_set() or self._is_loop():
+            return got_frame
+        raise _SessionError("stream ended", got_frame) from EOFError("end of stream")
+
+    def _read(
+        self, container: av.container.InputContainer, stream: av.VideoStream, time_base: Fraction
+    ) -> bool:
+        cfg = self.config
+        ctx = stream.codec_context
+        # auto starts with keyframes only (the cheap guess, right for most cameras) and
+        # switches to full decoding once the measured GOP is longer than the interval.
+        mode = "all" if cfg.decode == "all" else "keyframes"
+        self._apply_mode(ctx, mode)
+        need_key = True  # never show a P-frame decoded without its references
+        last_key_pts: float | None = None
+        got_frame = False
+        pace_origin: tuple[float, float] | None = None  # (pts seconds, mono) for file pacing
+        for packet in container.demux(stream):
+            if self.stop.is_set():
+                break
+            if packet.size == 0:
+                continue
+            mono = time.monotonic()
+            pts = float(packet.pts * time_base) if packet.pts is not None else None
+            with self._lock:
+                self.stats.packets += 1
+                self._last_packet_mono = mono
+                self._fps_window.append(mono)
+            if packet.is_keyframe:
+                with self._lock:
+                    self.stats.keyframes += 1
+                key_time = pts if pts is not None else mono
+                if last_key_pts is not None and key_time > last_key_pts:
+                    gop = key_time - last_key_pts
+                    self.stats.gop_seconds = gop
+                    if cfg.decode == "auto":
+                        wanted = "keyframes" if gop <= cfg.detect_interval * 1.1 else "all"
+                        if wanted != mode:
+                            mode = wanted
+                            self._apply_mode(ctx, mode)
+                            logger.info(
+                                "camera %s: keyframe every %.2f s, decoding %s",
+                                self.camera_id,
+                                gop,
+                                mode,
+                            )
+                last_key_pts = key_time
+            if cfg.is_file and pts is not None:
+                pace_origin = self._pace(pts, pace_origin)
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError as exc:
+                with self._lock:
+                    self.stats.decode_errors += 1
+                self.errors.append((time.time(), redact_text(str(exc))))
+                need_key = True
+                continue
+            for frame in frames:
+                if need_key and not frame.key_frame:
+                    continue
+                need_key = False
+                got_frame = True
+                self._on_decoded(frame)
+        return got_frame
+
+    def _pace(self, pts: float, origin: tuple[float, float] | None) -> tuple[float, float]:
+        """Sleep so that a file plays at its own speed, like a camera."""
+        now = time.monotonic()
+        if origin is None or pts < origin[0]:
+            return (pts, now)
+        delay = (pts - origin[0]) - (now - origin[1])
+        if delay > 0:
+            self.stop.wait(min(delay, 5.0))
+        return origin
+
+    def _apply_mode(self, ctx: av.VideoCodecContext, mode: str) -> None:
+        ctx.skip_frame = "NONKEY" if mode == "keyframes" else "DEFAULT"
+        self.stats.decode_mode = mode
+
+    def _on_decoded(self, frame: av.VideoFrame) -> None:
+        mono = time.monotonic()
+        transition = None
+        with self._lock:
+            self.stats.decoded += 1
+            self._last_frame_mono = mono
+            if self._interrupted:
+                self._interrupted = False
+                if self._state is CameraState.ONLINE:
+                    self.stats.blips += 1  # dropped and back before offline_after
+            if self._state is not CameraState.ONLINE:
+                transition = self._set_state(CameraState.ONLINE, "frames")
+            due = (
+                self._last_emit_mono is None
+                or mono - self._last_emit_mono >= self.config.detect_interval * DUE_FRACTION
+            )
+            if due:
+                self._last_emit_mono = mono
+                self.stats.analysed += 1
+        if transition is not None:
+            self._backoff.reset()
+            self._announce(transition)
+        if due:
+            image = frame.to_ndarray(format="bgr24")
+            self.slot.put(Frame(self.camera_id, image, time.time(), mono, bool(frame.key_frame)))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Health of this camera as plain data (for heartbeats and status)."""
+        with self._lock:
+            s = self.stats
+            return {
+                "state": self._state.value,
+                "since": self._since,
+                "fps": round(s.fps, 2),
+                "packets": s.packets,
+                "decoded": s.decoded,
+                "analysed": s.analysed,
+                "dropped": self.slot.dropped,
+                "reconnects": s.reconnects,
+                "stalls": s.stalls,
+                "blips": s.blips,
+                "decode_errors": s.decode_errors,
+                "decode_mode": s.decode_mode,
+                "gop_seconds": round(s.gop_seconds, 3) if s.gop_seconds is not None else None,
+                "last_error": s.last_error,
+                "last_error_class": s.last_error_class,
+            }

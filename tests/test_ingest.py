@@ -1,0 +1,254 @@
+"""Camera ingest against a real RTSP server on loopback streaming real H.264."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from services import ClipFactory, RtspServerFactory
+
+from agent.config import CameraConfig, parse_config
+from agent.ingest import Backoff, CameraReader, CameraState, Frame, FrameSlot, Transition
+
+SECRET = "Kitchen-Pa55!"
+
+
+def camera(url: str, **overrides: object) -> CameraConfig:
+    data = {
+        "identity": {"city": "hz", "school_id": "s1", "box_id": "b1"},
+        "cameras": {"cam": {"url": url, **overrides}},
+    }
+    return parse_config(yaml.safe_dump(data)).cameras["cam"]
+
+
+class Harness:
+    """A reader plus what it produced: frames (taken at once) and state transitions."""
+
+    def __init__(self, config: CameraConfig) -> None:
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.slot = FrameSlot(self.wake)
+        self.frames: list[Frame] = []
+        self.transitions: list[Transition] = []
+        self.reader = CameraReader(
+            "cam", config, stop=self.stop, slot=self.slot, on_transition=self.transitions.append
+        )
+        self._collector = threading.Thread(target=self._collect, daemon=True)
+
+    def _collect(self) -> None:
+        while not self.stop.is_set():
+            if self.wake.wait(0.2):
+                self.wake.clear()
+                frame = self.slot.take()
+                if frame is not None:
+                    self.frames.append(frame)
+
+    def start(self) -> Harness:
+        self.reader.start()
+        self._collector.start()
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        self.reader.join(5)
+
+    def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.reader.tick()
+            if predicate():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}: {self.reader.snapshot()}")
+
+    def states(self) -> list[str]:
+        return [t.new.value for t in self.transitions]
+
+
+@pytest.fixture
+def harness() -> Iterator[Callable[[CameraConfig], Harness]]:
+    made: list[Harness] = []
+
+    def make(config: CameraConfig) -> Harness:
+        h = Harness(config).start()
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def test_keyframe_only_decode_at_detection_rate(
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    harness: Callable[[CameraConfig], Harness],
+) -> None:
+    """With a keyframe every second and a 1 s interval, only keyframes are decoded, about 1/s."""
+    server = rtsp_server_factory({"/cam": clip_factory(seconds=4, fps=10, gop=10)})
+    h = harness(camera(server.url("/cam"), detect_interval=1.0))
+    h.wait(lambda: len(h.frames) >= 5, 20, "5 analysed frames")
+    snap = h.reader.snapshot()
+    assert snap["decode_mode"] == "keyframes"
+    assert snap["gop_seconds"] == pytest.approx(1.0, abs=0.05)
+    assert h.states()[0] == "online"
+    # Decoding keyframes only: decoded frames are about one in ten packets, not all of them.
+    assert int(snap["decoded"]) <= int(snap["packets"]) / 5
+    gaps = [b.mono - a.mono for a, b in zip(h.frames, h.frames[1:], strict=False)]
+    assert all(0.7 <= g <= 1.5 for g in gaps[1:]), gaps
+    assert all(f.keyframe for f in h.frames)
+    assert h.frames[0].image.shape == (360, 640, 3)
+
+
+def test_long_gop_decodes_all_but_emits_at_interval(
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    harness: Callable[[CameraConfig], Harness],
+) -> None:
+    """With a keyframe every 4 s, every frame is decoded but only ~2/s reach detection."""
+    server = rtsp_server_factory({"/cam": clip_factory(seconds=8, fps=10, gop=40)})
+    h = harness(camera(server.url("/cam"), detect_interval=0.5))
+    h.wait(lambda: len(h.frames) >= 8, 25, "8 analysed frames")
+    snap = h.reader.snapshot()
+    assert snap["decode_mode"] == "all"
+    assert int(snap["decoded"]) >= 2 * len(h.frames)
+    gaps = [b.mono - a.mono for a, b in zip(h.frames, h.frames[1:], strict=False)]
+    assert all(0.35 <= g <= 0.9 for g in gaps[1:]), gaps
+
+
+def test_dead_camera_goes_offline_after_debounce_and_comes_back(
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    harness: Callable[[CameraConfig], Harness],
+) -> None:
+    """A killed server: reconnects counted, offline only after offline_after, then online again."""
+    server = rtsp_server_factory({"/cam": clip_factory(seconds=3)})
+    h = harness(camera(server.url("/cam"), offline_after=3, open_timeout=2, stall_timeout=2))
+    h.wait(lambda: h.reader.state is CameraState.ONLINE, 20, "online")
+    server.kill()
+    killed = time.monotonic()
+    h.wait(lambda: h.reader.state is CameraState.OFFLINE, 20, "offline")
+    assert time.monotonic() - killed >= 2.5, "offline must wait for offline_after"
+    snap = h.reader.snapshot()
+    assert int(snap["reconnects"]) >= 1
+    assert snap["last_error_class"] in {"refused", "timeout", "ended", "error"}
+    offline = h.transitions[-1]
+    assert offline.reason == snap["last_error_class"]
+    server.restart()
+    h.wait(lambda: h.reader.state is CameraState.ONLINE, 40, "online again")
+    assert h.states() == ["online", "offline", "online"]
+
+
+def test_blip_shorter_than_debounce_is_counted_not_reported(
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    harness: Callable[[CameraConfig], Harness],
+) -> None:
+    """A camera that drops and returns within offline_after stays 'online' but counts a blip."""
+    server = rtsp_server_factory({"/cam": clip_factory(seconds=3)})
+    h = harness(camera(server.url("/cam"), offline_after=30, open_timeout=2))
+    h.wait(lambda: h.reader.state is CameraState.ONLINE, 20, "online")
+    server.kill()
+    time.sleep(0.5)
+    server.restart()
+    decoded = int(h.reader.snapshot()["decoded"])
+    h.wait(lambda: int(h.reader.snapshot()["decoded"]) > decoded + 3, 30, "frames again")
+    assert h.states() == ["online"]
+    assert int(h.reader.snapshot()["blips"]) >= 1
+
+
+def test_stalled_stream_is_detected_and_reconnected(
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    harness: Callable[[CameraConfig], Harness],
+) -> None:
+    """A server that stops sending (socket open, no data) triggers a stall and a reconnect."""
+    server = rtsp_server_factory({"/cam": clip_factory(seconds=3)})
+    h = harness(camera(server.url("/cam"), stall_timeout=2, open_timeout=2, offline_after=60))
+    h.wait(lambda: h.reader.state is CameraState.ONLINE, 20, "online")
+    server.pause()
+    try:
+        h.wait(lambda: int(h.reader.snapshot()["reconnects"]) >= 1, 15, "a reconnect")
+    finally:
+        server.resume()
+    snap = h.reader.snapshot()
+    assert int(snap["stalls"]) >= 1 or snap["last_error_class"] == "timeout", snap
+    decoded = int(snap["decoded"])
+    h.wait(lambda: int(h.reader.snapshot()["decoded"]) > decoded, 30, "frames after the stall")
+
+
+def test_auth_failure_is_classified_and_password_never_logged(
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    harness: Callable[[CameraConfig], Harness],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wrong password is reported as auth_failed; the right one works; no log line shows it."""
+    caplog.set_level(logging.DEBUG)
+    server = rtsp_server_factory({"/cam": clip_factory(seconds=3)}, user="admin", password=SECRET)
+    url = server.url("/cam", user="admin")
+    monkeypatch.setenv("CAM_PW", "wrong-" + SECRET)
+    bad = harness(camera(url, password={"env": "CAM_PW"}, open_timeout=3))
+    bad.wait(lambda: bad.reader.snapshot()["last_error_class"] != "", 20, "an error")
+    assert bad.reader.snapshot()["last_error_class"] == "auth_failed"
+    bad.close()
+    monkeypatch.setenv("CAM_PW", SECRET)
+    good = harness(camera(url, password={"env": "CAM_PW"}))
+    good.wait(lambda: good.reader.state is CameraState.ONLINE, 20, "online")
+    text = caplog.text + repr(bad.reader.snapshot()) + repr(list(bad.reader.errors))
+    assert SECRET not in text
+    assert "Pa55" not in text
+
+
+def test_missing_file_source_is_not_found(
+    tmp_path: Path, harness: Callable[[CameraConfig], Harness]
+) -> None:
+    """A file source that does not exist is reported as not_found, without crashing the reader."""
+    h = harness(camera(str(tmp_path / "none.mp4"), offline_after=1))
+    h.wait(lambda: h.reader.state is CameraState.OFFLINE, 10, "offline")
+    assert h.transitions[-1].reason == "not_found"
+
+
+def test_looping_file_plays_in_real_time(
+    clip_factory: ClipFactory, harness: Callable[[CameraConfig], Harness]
+) -> None:
+    """A looping file source keeps producing frames past its end, paced like a camera."""
+    clip = clip_factory(seconds=1.5, fps=10, gop=5)
+    h = harness(camera(str(clip), loop=True, detect_interval=0.5))
+    t0 = time.monotonic()
+    h.wait(lambda: len(h.frames) >= 7, 15, "7 frames")
+    assert time.monotonic() - t0 >= 2.5, "a file must play at its own frame rate"
+    assert h.reader.state is CameraState.ONLINE
+    assert int(h.reader.snapshot()["reconnects"]) == 0
+
+
+def test_slot_keeps_newest_and_counts_drops() -> None:
+    """The newest frame wins; a replaced untaken frame is counted as dropped."""
+    import numpy as np  # noqa: PLC0415
+
+    slot = FrameSlot()
+    image = np.zeros((2, 2, 3), np.uint8)
+    for i in range(5):
+        slot.put(Frame("cam", image, float(i), float(i), False))
+    frame = slot.take()
+    assert frame is not None
+    assert frame.wall == 4.0
+    assert slot.dropped == 4
+    assert slot.take() is None
+
+
+def test_backoff_grows_caps_and_resets() -> None:
+    """Backoff doubles from 1 s to a 120 s cap (with jitter in the upper half) and resets."""
+    backoff = Backoff(1.0, 120.0)
+    delays = [backoff.next_delay() for _ in range(12)]
+    for i, delay in enumerate(delays):
+        base = min(120.0, 2.0**i)
+        assert base / 2 <= delay <= base
+    backoff.reset()
+    assert backoff.next_delay() <= 1.0
