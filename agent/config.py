@@ -483,7 +483,9 @@ def _message(error: Any) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == ID_PATTERN:
-        return "must be 1-63 lower-case letters, digits, '-' or '_', starting with a letter or digit"
+        return (
+            "must be 1-63 lower-case letters, digits, '-' or '_', starting with a letter or digit"
+        )
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     elif msg.startswith("Assertion failed, "):

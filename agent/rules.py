@@ -44,7 +44,6 @@ class Alert:
 class _Episode:
     first_mono: float
     last_mono: float
-    first_wall: float
     best_confidence: float = 0.0
     best_frame: np.ndarray | None = None
     best_hits: tuple[Detection, ...] = ()
@@ -109,7 +108,7 @@ class RuleEngine:
         if not hits:
             return None
         if episode is None:
-            episode = state.episode = _Episode(first_mono=mono, last_mono=mono, first_wall=wall)
+            episode = state.episode = _Episode(first_mono=mono, last_mono=mono)
         episode.last_mono = mono
         best = max(d.confidence for d in hits)
         if best >= episode.best_confidence:
@@ -129,7 +128,8 @@ class RuleEngine:
             type=name,
             severity=rule.severity,
             camera_id=camera_id,
-            started_at=episode.first_wall,
+            # From the monotonic clock, so duration is exact even if the wall clock steps.
+            started_at=wall - (mono - episode.first_mono),
             raised_at=wall,
             confidence=episode.best_confidence,
             detections=episode.best_hits,

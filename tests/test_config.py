@@ -75,7 +75,9 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     """model.path and storage.state_dir resolve against the config file's directory."""
     sub = tmp_path / "etc"
     sub.mkdir()
-    (sub / "agent.yaml").write_text(MINIMAL + "model:\n  path: models/m\nstorage:\n  state_dir: state\n")
+    (sub / "agent.yaml").write_text(
+        MINIMAL + "model:\n  path: models/m\nstorage:\n  state_dir: state\n"
+    )
     cfg = load_config(sub / "agent.yaml")
     assert cfg.model.path == sub / "models/m"
     assert cfg.storage.state_dir == sub / "state"
@@ -213,15 +215,21 @@ def test_secret_must_name_exactly_one_source() -> None:
 def test_missing_secret_error_names_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """An unset variable is reported with the config path that needs it."""
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
-    cfg = parse_config(MINIMAL + "cameras:\n  k1:\n    url: rtsp://u@c/x\n    password: {env: NOT_SET_ANYWHERE}\n")
-    with pytest.raises(SecretError, match=r"cameras\.k1\.password: environment variable NOT_SET_ANYWHERE"):
+    cfg = parse_config(
+        MINIMAL + "cameras:\n  k1:\n    url: rtsp://u@c/x\n    password: {env: NOT_SET_ANYWHERE}\n"
+    )
+    with pytest.raises(
+        SecretError, match=r"cameras\.k1\.password: environment variable NOT_SET_ANYWHERE"
+    ):
         cfg.cameras["k1"].source_url("k1")
 
 
 def test_redacted_dict_hides_secret_values(monkeypatch: pytest.MonkeyPatch) -> None:
     """config show prints where a secret comes from, never its value."""
     monkeypatch.setenv("CAM_PW", "topsecret")
-    cfg = parse_config(MINIMAL + "cameras:\n  k1:\n    url: rtsp://u@c/x\n    password: {env: CAM_PW}\n")
+    cfg = parse_config(
+        MINIMAL + "cameras:\n  k1:\n    url: rtsp://u@c/x\n    password: {env: CAM_PW}\n"
+    )
     data = redacted_dict(cfg)
     assert data["cameras"]["k1"]["password"] == "<secret from env:CAM_PW>"
     assert "topsecret" not in repr(data)

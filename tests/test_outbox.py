@@ -32,6 +32,11 @@ def make_alert(alert_id: str = "a1") -> AlertRecord:
     )
 
 
+def fill(box: Outbox, count: int, size: int) -> None:
+    for _ in range(count):
+        box.enqueue("t", b"z" * size, kind="heartbeat")
+
+
 def test_messages_come_out_in_commit_order_until_acked(tmp_path: Path) -> None:
     """Due messages are returned oldest first and stay until acknowledged."""
     box = Outbox(tmp_path / "agent.db")
@@ -83,7 +88,9 @@ def test_failed_migration_leaves_no_trace(tmp_path: Path, monkeypatch: pytest.Mo
         conn.execute("CREATE TABLE half_done (x INTEGER)")
         raise sqlite3.OperationalError("simulated failure in the middle of a migration")
 
-    monkeypatch.setattr(outbox_module, "MIGRATIONS", (*outbox_module.MIGRATIONS, ("999_broken", broken)))
+    monkeypatch.setattr(
+        outbox_module, "MIGRATIONS", (*outbox_module.MIGRATIONS, ("999_broken", broken))
+    )
     path = tmp_path / "agent.db"
     with pytest.raises(OutboxError):
         Outbox(path)
@@ -119,8 +126,7 @@ def test_full_database_raises_outbox_error_and_keeps_committed_data(tmp_path: Pa
     page_count = box._conn.execute("PRAGMA page_count").fetchone()[0]
     box._conn.execute(f"PRAGMA max_page_count={page_count + 1}")
     with pytest.raises(OutboxError, match="full"):
-        for _ in range(100):
-            box.enqueue("t", b"z" * 8192, kind="heartbeat")
+        fill(box, 100, 8192)
     assert box.due(100)[0].id == first
     assert box.integrity_ok()
 
@@ -152,7 +158,9 @@ def test_deferred_message_waits(tmp_path: Path) -> None:
     payloads=st.lists(st.binary(max_size=2000), min_size=1, max_size=30),
     topics=st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=5),
 )
-def test_payloads_round_trip_exactly(tmp_path_factory: pytest.TempPathFactory, payloads: list[bytes], topics: list[str]) -> None:
+def test_payloads_round_trip_exactly(
+    tmp_path_factory: pytest.TempPathFactory, payloads: list[bytes], topics: list[str]
+) -> None:
     """Any bytes and any topic text come back out of the outbox unchanged."""
     box = Outbox(tmp_path_factory.mktemp("rt") / "agent.db")
     for i, payload in enumerate(payloads):
@@ -204,7 +212,9 @@ def test_real_full_disk(tmp_path: Path) -> None:
     mount = tmp_path / "small"
     mount.mkdir()
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, check=False
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
     )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
@@ -212,8 +222,7 @@ def test_real_full_disk(tmp_path: Path) -> None:
         box = Outbox(mount / "agent.db")
         first = box.enqueue("t", b"kept", kind="alert")
         with pytest.raises(OutboxError):
-            for _ in range(1000):
-                box.enqueue("t", b"z" * 16384, kind="heartbeat")
+            fill(box, 1000, 16384)
         assert box.due(1)[0].id == first
         box._conn.close()
         reopened = Outbox(mount / "agent.db")

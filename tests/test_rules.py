@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from hypothesis import given, settings
@@ -19,10 +20,12 @@ MASK = Detection(label="face_mask", class_id=0, confidence=0.95, box=(0.4, 0.4, 
 def engine(**overrides: float) -> RuleEngine:
     params = {"min_confidence": 0.5, "min_duration": 3.0, "clear_after": 10.0, "cooldown": 600.0}
     params.update(overrides)
-    return RuleEngine({"no_hat": RuleConfig(labels=("head_bare",), **params)})  # type: ignore[arg-type]
+    return RuleEngine({"no_hat": RuleConfig(labels=("head_bare",), **params)})
 
 
-def feed(rules: RuleEngine, hits: list[bool], *, step: float = 1.0, det: Detection = BARE) -> list[float]:
+def feed(
+    rules: RuleEngine, hits: list[bool], *, step: float = 1.0, det: Detection = BARE
+) -> list[float]:
     """Feed one frame per ``step`` seconds; return the times at which alerts were raised."""
     raised = []
     for i, hit in enumerate(hits):
@@ -103,7 +106,7 @@ def test_alert_count_is_bounded_by_cooldown_and_episodes(
     raised = feed(
         engine(min_duration=min_duration, clear_after=clear_after, cooldown=cooldown), hits
     )
-    for earlier, later in zip(raised, raised[1:], strict=False):
+    for earlier, later in itertools.pairwise(raised):
         assert later - earlier >= cooldown
     for t in raised:
         assert hits[int(t)], "an alert is raised only on a frame that hits"

@@ -1,0 +1,467 @@
+"""The wiring: one process, named threads, one stop event.
+
+Data flow::
+
+    ingest-<camera> ──FrameSlot (newest wins)──> detect ──> rules ──> evidence ──> outbox ──> uplink
+                                                                                    ▲
+    health (1 s): camera debounce ──> camera status ─────────────────────────────────┤
+                  heartbeat, TTL expiry, systemd watchdog ───────────────────────────┘
+
+Threads: ``ingest-<camera>`` (one per camera), ``detect``, ``health``, ``uplink-drain``
+plus paho's network thread. The main thread waits for SIGTERM/SIGINT, then stops the
+threads in order so that everything committed stays committed and anything unsent is
+still in the outbox for the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from types import FrameType
+from typing import Any
+
+from agent import __version__, contract, evidence
+from agent.config import AgentConfig, LoggingConfig
+from agent.detect import Detector, load_model_package
+from agent.errors import AgentError, OutboxError
+from agent.ingest import CameraReader, Frame, FrameSlot, Transition
+from agent.outbox import AlertRecord, Outbox
+from agent.redact import RedactingFilter
+from agent.rules import Alert, RuleEngine
+from agent.uplink import Uplink
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_TTL = 86400.0  # a heartbeat older than a day tells the platform nothing new
+STATUS_TTL = 7 * 86400.0
+EXPIRE_EVERY = 600.0
+WATCHDOG_STALE = 30.0  # the detect loop must have turned within this many seconds
+MAX_UNSTORED_ALERTS = 1000
+
+
+def setup_logging(config: LoggingConfig) -> None:
+    """Log to stderr, without timestamps under systemd (journald adds them), secrets masked."""
+    under_systemd = bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
+    stamps = config.timestamps == "yes" or (config.timestamps == "auto" and not under_systemd)
+    fmt = (
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        if stamps
+        else "%(levelname)s %(name)s: %(message)s"
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(config.level.upper())
+    logging.getLogger("agent.uplink.paho").setLevel(logging.WARNING)
+    logging.getLogger("libav").setLevel(logging.CRITICAL)
+
+
+def sd_notify(state: str) -> bool:
+    """Send ``state`` (e.g. ``READY=1``) to systemd's notify socket; false if not under systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        logger.warning("sd_notify(%s) failed: %s", state.split("=", maxsplit=1)[0], exc)
+        return False
+    return True
+
+
+def _watchdog_interval() -> float | None:
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec or not usec.isdigit():
+        return None
+    pid = os.environ.get("WATCHDOG_PID")
+    if pid and pid.isdigit() and int(pid) != os.getpid():
+        return None
+    return int(usec) / 1_000_000 / 2  # ping at half the timeout, as systemd recommends
+
+
+class Agent:
+    """The running agent: build it from a config, then :meth:`run` until stopped."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        """Open the store and load the model.
+
+        Raises:
+            OutboxError: the state directory or database cannot be used.
+            ModelError: the model package is missing or invalid.
+            SecretError, UplinkError: the uplink cannot be configured.
+        """
+        self.config = config
+        self.stop_event = threading.Event()
+        self.started = time.time()
+        self.topics = contract.Topics(config)
+        state_dir = config.storage.state_dir
+        self.evidence_dir = state_dir / "evidence"
+        self.outbox = Outbox(state_dir / "agent.db", ttl=config.storage.message_ttl)
+        if self.outbox.recovered_from is not None:
+            logger.error(
+                "started a fresh database; the corrupt one is at %s", self.outbox.recovered_from
+            )
+        package = load_model_package(config.model.path)
+        self.model_id = f"{package.name}@{package.version}"
+        self.detector = Detector(
+            package,
+            backend=config.model.backend,
+            threads=config.model.threads,
+            conf_threshold=config.model.conf_threshold,
+            iou_threshold=config.model.iou_threshold,
+        )
+        missing = sorted(
+            {label for rule in config.rules.values() for label in rule.labels} - set(package.labels)
+        )
+        if missing:
+            logger.warning(
+                "rules use labels the model %s does not have: %s", self.model_id, ", ".join(missing)
+            )
+        self.rules = RuleEngine(config.rules)
+        self.uplink = Uplink(config, self.outbox, on_command=self._on_command)
+        self._wake = threading.Event()
+        self.readers: dict[str, CameraReader] = {}
+        self.slots: dict[str, FrameSlot] = {}
+        for camera_id, camera in config.cameras.items():
+            if not camera.enabled:
+                continue
+            slot = FrameSlot(self._wake)
+            self.slots[camera_id] = slot
+            self.readers[camera_id] = CameraReader(
+                camera_id,
+                camera,
+                stop=self.stop_event,
+                slot=slot,
+                on_transition=self._on_transition,
+            )
+        self._unstored: list[tuple[AlertRecord, bytes]] = []
+        self._heartbeat_now = threading.Event()
+        self._detect_turned = time.monotonic()
+        self.inferences = 0
+        self.inference_seconds = 0.0
+        self.frames_analysed = 0
+        self.alerts_by_type: dict[str, int] = {}
+        self._detect_thread = threading.Thread(target=self._detect_loop, name="detect", daemon=True)
+        self._health_thread = threading.Thread(target=self._health_loop, name="health", daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self, duration: float | None = None) -> None:
+        """Run until SIGTERM/SIGINT (or ``duration`` seconds), then shut down cleanly."""
+        self._install_signal_handlers()
+        logger.info(
+            "mclz-agent %s starting: box %s, %d camera(s), model %s",
+            __version__,
+            self.config.topic_root,
+            len(self.readers),
+            self.model_id,
+        )
+        self.uplink.start()
+        for reader in self.readers.values():
+            reader.start()
+        self._detect_thread.start()
+        self._health_thread.start()
+        sd_notify(f"READY=1\nSTATUS=running {len(self.readers)} camera(s)")
+        deadline = None if duration is None else time.monotonic() + duration
+        while not self.stop_event.wait(0.5):
+            if deadline is not None and time.monotonic() >= deadline:
+                logger.info("run time of %.0f s reached", duration)
+                self.stop_event.set()
+        self._shutdown()
+
+    def request_stop(self) -> None:
+        """Ask the agent to stop (thread-safe, signal-safe)."""
+        self.stop_event.set()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            logger.info("received %s: stopping", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def _shutdown(self) -> None:
+        sd_notify("STOPPING=1")
+        t0 = time.monotonic()
+        self._wake.set()
+        self._detect_thread.join(timeout=1.5)
+        self._health_thread.join(timeout=1.0)
+        self._retry_unstored()
+        self.uplink.stop(drain_timeout=1.5)
+        for reader in self.readers.values():
+            reader.join(timeout=0.05)
+        backlog = self.outbox.backlog()
+        self.outbox.close()
+        logger.info(
+            "stopped in %.1f s; %d message(s) kept for the next start",
+            time.monotonic() - t0,
+            sum(backlog.values()),
+        )
+
+    # ------------------------------------------------------------------ detect thread
+
+    def _detect_loop(self) -> None:
+        try:
+            while not self.stop_event.is_set():
+                self._detect_turned = time.monotonic()
+                self._wake.wait(1.0)
+                self._wake.clear()
+                frames = [f for f in (slot.take() for slot in self.slots.values()) if f is not None]
+                if frames:
+                    self._analyse(frames)
+        except Exception:
+            logger.exception("detect thread crashed; stopping the agent so systemd restarts it")
+            self.stop_event.set()
+
+    def _analyse(self, frames: list[Frame]) -> None:
+        t0 = time.perf_counter()
+        results = self.detector.detect_batch([f.image for f in frames])
+        self.inference_seconds += time.perf_counter() - t0
+        self.inferences += 1
+        self.frames_analysed += len(frames)
+        for frame, detections in zip(frames, results, strict=True):
+            for alert in self.rules.update(
+                frame.camera_id, detections, mono=frame.mono, wall=frame.wall, frame=frame.image
+            ):
+                self._store_alert(alert)
+
+    def _store_alert(self, alert: Alert) -> None:
+        saved = None
+        if self.config.evidence.enabled and alert.frame is not None:
+            try:
+                saved = evidence.save(alert, alert.frame, self.config.evidence, self.evidence_dir)
+            except (OutboxError, ValueError) as exc:
+                logger.error(
+                    "camera %s: alert %s has no evidence: %s", alert.camera_id, alert.id, exc
+                )
+        payload = contract.encode(contract.alert(self.config, alert, saved, model=self.model_id))
+        record = AlertRecord(
+            id=alert.id,
+            camera=alert.camera_id,
+            type=alert.type,
+            severity=alert.severity,
+            started_at=alert.started_at,
+            raised_at=alert.raised_at,
+            confidence=alert.confidence,
+            detections=[
+                {"label": d.label, "confidence": d.confidence, "box": list(d.box)}
+                for d in alert.detections
+            ],
+            evidence_path=str(saved.path) if saved is not None else None,
+        )
+        self.alerts_by_type[alert.type] = self.alerts_by_type.get(alert.type, 0) + 1
+        try:
+            self.outbox.record_alert(record, self.topics.alert, payload)
+        except OutboxError as exc:
+            logger.error(
+                "camera %s: alert %s not stored yet, will retry: %s", alert.camera_id, alert.id, exc
+            )
+            if len(self._unstored) < MAX_UNSTORED_ALERTS:
+                self._unstored.append((record, payload))
+            return
+        logger.warning(
+            "camera %s: ALERT %s (%.2f) id=%s evidence=%s",
+            alert.camera_id,
+            alert.type,
+            alert.confidence,
+            alert.id,
+            saved.path if saved is not None else "-",
+        )
+        self.uplink.wake()
+
+    def _retry_unstored(self) -> None:
+        while self._unstored:
+            record, payload = self._unstored[0]
+            try:
+                self.outbox.record_alert(record, self.topics.alert, payload)
+            except OutboxError as exc:
+                logger.error("%d alert(s) still not stored: %s", len(self._unstored), exc)
+                return
+            self._unstored.pop(0)
+            self.uplink.wake()
+
+    # ------------------------------------------------------------------ health thread
+
+    def _on_transition(self, transition: Transition) -> None:
+        reader = self.readers[transition.camera_id]
+        msg_id = uuid.uuid4().hex
+        body = contract.camera_status(self.config, msg_id, transition, reader.snapshot())
+        try:
+            self.outbox.enqueue(
+                self.topics.camera_status(transition.camera_id),
+                contract.encode(body),
+                kind="camera_status",
+                retain=True,
+                msg_id=msg_id,
+                ttl=STATUS_TTL,
+            )
+        except OutboxError as exc:
+            logger.error("camera %s: status not stored: %s", transition.camera_id, exc)
+            return
+        self.uplink.wake()
+
+    def _health_loop(self) -> None:
+        interval = self.config.heartbeat.interval
+        next_beat = time.monotonic() + min(5.0, interval)
+        next_expire = time.monotonic() + 60.0
+        watchdog = _watchdog_interval()
+        next_watchdog = time.monotonic()
+        try:
+            while not self.stop_event.wait(0.25 if self._heartbeat_now.is_set() else 1.0):
+                now = time.monotonic()
+                for reader in self.readers.values():
+                    reader.tick(now)
+                if self._unstored:
+                    self._retry_unstored()
+                if now >= next_beat or self._heartbeat_now.is_set():
+                    self._heartbeat_now.clear()
+                    self.send_heartbeat()
+                    next_beat = now + interval
+                if now >= next_expire:
+                    next_expire = now + EXPIRE_EVERY
+                    self.outbox.expire()
+                if watchdog is not None and now >= next_watchdog:
+                    next_watchdog = now + watchdog
+                    if now - self._detect_turned < WATCHDOG_STALE:
+                        sd_notify("WATCHDOG=1")
+                    else:
+                        logger.error(
+                            "detect loop stuck for %.0f s: withholding the watchdog ping",
+                            now - self._detect_turned,
+                        )
+        except Exception:
+            logger.exception("health thread crashed; stopping the agent so systemd restarts it")
+            self.stop_event.set()
+
+    def health(self) -> dict[str, Any]:
+        """Everything the heartbeat reports, as plain data."""
+        cameras = {cid: r.snapshot() for cid, r in self.readers.items()}
+        for cid, snap in cameras.items():
+            snap["since"] = contract.utc_iso(self.readers[cid].since)
+        avg_ms = 1000 * self.inference_seconds / self.inferences if self.inferences else 0.0
+        return {
+            "cameras": cameras,
+            "detector": {
+                "model": self.model_id,
+                "backend": self.detector.backend_name,
+                "inferences": self.inferences,
+                "frames": self.frames_analysed,
+                "avg_batch_ms": round(avg_ms, 2),
+            },
+            "uplink": self.uplink.snapshot(),
+            "outbox": {"backlog": self.outbox.backlog(), "counters": self.outbox.counters()},
+            "alerts": {
+                "raised": self.rules.alerts_raised,
+                "by_type": dict(self.alerts_by_type),
+                "suppressed_by_cooldown": self.rules.suppressed_by_cooldown,
+                "unstored": len(self._unstored),
+            },
+        }
+
+    def send_heartbeat(self) -> None:
+        """Commit one heartbeat to the outbox."""
+        msg_id = uuid.uuid4().hex
+        h = self.health()
+        body = contract.heartbeat(
+            self.config,
+            msg_id,
+            now=time.time(),
+            started=self.started,
+            cameras=h["cameras"],
+            detector=h["detector"],
+            uplink=h["uplink"],
+            outbox=h["outbox"],
+            alerts=h["alerts"],
+        )
+        try:
+            self.outbox.enqueue(
+                self.topics.heartbeat,
+                contract.encode(body),
+                kind="heartbeat",
+                msg_id=msg_id,
+                ttl=HEARTBEAT_TTL,
+            )
+        except OutboxError as exc:
+            logger.error("heartbeat not stored: %s", exc)
+            return
+        self.uplink.wake()
+
+    # ------------------------------------------------------------------ commands
+
+    def _on_command(self, payload: bytes) -> None:
+        request_id: str | None = None
+        try:
+            try:
+                request = json.loads(payload)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"payload is not JSON: {exc}") from None
+            if not isinstance(request, dict):
+                raise ValueError("payload must be a JSON object")  # noqa: TRY004 - reported as a reply
+            rid = request.get("id")
+            request_id = rid if isinstance(rid, str) and 0 < len(rid) <= 128 else None
+            if request_id is None:
+                raise ValueError("'id' must be a string of 1-128 characters")
+            command = request.get("command")
+            result: Any
+            if command == "ping":
+                result = {"pong": True, "agent_version": __version__}
+            elif command == "heartbeat":
+                self._heartbeat_now.set()
+                result = {"scheduled": True}
+            elif command == "status":
+                result = self.health()
+            else:
+                raise ValueError(f"unknown command {command!r} (known: ping, heartbeat, status)")
+            body = contract.command_reply(
+                request_id, ok=True, msg_id=uuid.uuid4().hex, now=time.time(), result=result
+            )
+        except ValueError as exc:
+            logger.warning("rejected command: %s", exc)
+            body = contract.command_reply(
+                request_id, ok=False, msg_id=uuid.uuid4().hex, now=time.time(), error=str(exc)
+            )
+        try:
+            self.outbox.enqueue(
+                self.topics.command_reply,
+                contract.encode(body),
+                kind="reply",
+                msg_id=body["id"],
+                ttl=HEARTBEAT_TTL,
+            )
+        except OutboxError as exc:
+            logger.error("command reply not stored: %s", exc)
+            return
+        self.uplink.wake()
+
+
+def run_agent(config: AgentConfig, duration: float | None = None) -> None:
+    """Build and run the agent (the body of ``mclz-agent run``).
+
+    Raises:
+        AgentError: a subclass naming what could not be started.
+    """
+    agent = Agent(config)
+    try:
+        agent.run(duration)
+    except AgentError:
+        agent.request_stop()
+        raise

@@ -1,0 +1,327 @@
+"""The whole slice, real at every step: RTSP camera -> PyAV -> ONNX -> rule -> SQLite -> MQTT.
+
+The agent runs as a subprocess (``python -m agent run``) against a real mosquitto and a
+real GStreamer RTSP server streaming H.264 made by the test. Until the project's trained
+model lands, a tiny real ONNX model that reacts to a magenta square plays the detector.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+import yaml
+from services import Broker, ClipFactory, CollectorFactory, MqttCollector, RtspServerFactory
+from synthetic_model import build_pattern_model
+
+from agent.contract import load_schema
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT = "mclz/hz/s-001/box-01"
+MAGENTA = (255, 0, 255)
+CAM_SECRET = "Cam-S3cret-9"
+
+
+def magenta_after(first_frame: int) -> Any:
+    """Squares function: a large magenta square from ``first_frame`` on."""
+
+    def squares(i: int) -> list[tuple[float, float, float, tuple[int, int, int]]]:
+        return [(0.5, 0.5, 0.35, MAGENTA)] if i >= first_frame else []
+
+    return squares
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_pattern_model(tmp_path_factory.mktemp("model") / "pattern")
+
+
+class AgentProcess:
+    """``python -m agent run`` in a subprocess with its stderr captured to a file."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.log_path = config_path.with_suffix(".log")
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AgentProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(self.config_path)],
+            cwd=REPO,
+            stdout=log,
+            stderr=log,
+            env=self.env,
+        )
+        log.close()
+        return self
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def terminate(self, timeout: float = 10.0) -> tuple[int, float]:
+        """SIGTERM; return the exit code and how long the process took to exit."""
+        assert self.proc is not None
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        return code, time.monotonic() - t0
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def agents() -> Iterator[list[AgentProcess]]:
+    started: list[AgentProcess] = []
+    yield started
+    for agent in started:
+        agent.kill()
+
+
+def write_config(
+    tmp_path: Path, broker: Broker, camera_url: str, model: Path, *, password_env: str | None = None
+) -> Path:
+    camera: dict[str, Any] = {"name": "后厨", "url": camera_url, "offline_after": 5}
+    if password_env:
+        camera["password"] = {"env": password_env}
+    data = {
+        "identity": {"city": "hz", "school_id": "s-001", "box_id": "box-01"},
+        "mqtt": {"url": broker.url, "reconnect_min": 1, "reconnect_max": 2},
+        "cameras": {"kitchen-1": camera},
+        "model": {"path": str(model), "conf_threshold": 0.3},
+        "rules": {
+            "no_hat": {
+                "labels": ["head_bare"],
+                "min_duration": 1.0,
+                "clear_after": 3,
+                "cooldown": 600,
+            }
+        },
+        "storage": {"state_dir": str(tmp_path / "state")},
+        "heartbeat": {"interval": 2},
+        "logging": {"level": "debug"},
+    }
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return path
+
+
+def payloads(collector: MqttCollector, suffix: str) -> list[dict[str, Any]]:
+    return [json.loads(m.payload) for m in collector.messages(f"{ROOT}/{suffix}")]
+
+
+def db_rows(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(tmp_path / "state" / "agent.db") as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_alert_travels_the_whole_path(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    mqtt_collector: CollectorFactory,
+    model_dir: Path,
+    tmp_path: Path,
+    agents: list[AgentProcess],
+) -> None:
+    """A sustained violation on a real RTSP stream gives one alert over MQTT, with evidence."""
+    clip = clip_factory(seconds=6, fps=10, gop=10, squares=magenta_after(10))
+    server = rtsp_server_factory({"/kitchen": clip}, user="admin", password=CAM_SECRET)
+    collector = mqtt_collector(broker.url, f"{ROOT}/#")
+    config = write_config(
+        tmp_path, broker, server.url("/kitchen", user="admin"), model_dir, password_env="CAM_PW"
+    )
+    agent = AgentProcess(config, {"CAM_PW": CAM_SECRET}).start()
+    agents.append(agent)
+
+    collector.wait_for(lambda ms: len(ms) >= 1, 40, topic_filter=f"{ROOT}/alert")
+    collector.wait_for(lambda ms: len(ms) >= 2, 20, topic_filter=f"{ROOT}/heartbeat")
+    time.sleep(3)  # the square stays: no second alert may follow (cooldown, one episode)
+    code, took = agent.terminate()
+    assert code == 0, agent.log
+    assert took < 5.0, f"shutdown took {took:.1f} s"
+
+    alerts = payloads(collector, "alert")
+    assert len(alerts) == 1, alerts
+    alert = alerts[0]
+    jsonschema.validate(alert, load_schema("alert"))
+    assert alert["type"] == "no_hat"
+    assert alert["camera"] == "kitchen-1"
+    assert alert["camera_name"] == "后厨"
+    assert alert["duration_s"] >= 1.0
+    det = alert["detections"][0]
+    assert det["label"] == "head_bare"
+    cx, cy = (det["box"][0] + det["box"][2]) / 2, (det["box"][1] + det["box"][3]) / 2
+    assert abs(cx - 0.5) < 0.1
+    assert abs(cy - 0.5) < 0.1
+    jpeg = base64.b64decode(alert["evidence"]["data_b64"])
+    assert hashlib.sha256(jpeg).hexdigest() == alert["evidence"]["sha256"]
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None
+    assert image.shape[:2] == (alert["evidence"]["height"], alert["evidence"]["width"])
+
+    for beat in payloads(collector, "heartbeat"):
+        jsonschema.validate(beat, load_schema("heartbeat"))
+    last = payloads(collector, "heartbeat")[-1]
+    assert last["cameras"]["kitchen-1"]["state"] == "online"
+    assert last["cameras_online"] == 1
+    assert last["detector"]["inferences"] > 0
+
+    statuses = payloads(collector, "camera/kitchen-1/status")
+    jsonschema.validate(statuses[0], load_schema("camera_status"))
+    assert statuses[0]["state"] == "online"
+    availability = payloads(collector, "availability")
+    assert availability[0]["state"] == "online"
+    assert availability[-1] == {**availability[-1], "state": "offline", "reason": "shutdown"}
+
+    stored = db_rows(tmp_path, "SELECT id, type, evidence_path FROM alerts")
+    assert [(r[0], r[1]) for r in stored] == [(alert["id"], "no_hat")]
+    assert Path(stored[0][2]).read_bytes() == jpeg
+    assert db_rows(tmp_path, "SELECT COUNT(*) FROM outbox WHERE kind = 'alert'") == [(0,)]
+    assert CAM_SECRET not in agent.log
+    everything = b"".join(m.payload for m in collector.messages())
+    assert CAM_SECRET.encode() not in everything
+
+
+def test_no_violation_no_alert(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    mqtt_collector: CollectorFactory,
+    model_dir: Path,
+    tmp_path: Path,
+    agents: list[AgentProcess],
+) -> None:
+    """A stream without the pattern gives heartbeats and camera status but never an alert."""
+    server = rtsp_server_factory({"/kitchen": clip_factory(seconds=4)})
+    collector = mqtt_collector(broker.url, f"{ROOT}/#")
+    agent = AgentProcess(write_config(tmp_path, broker, server.url("/kitchen"), model_dir)).start()
+    agents.append(agent)
+    beats = collector.wait_for(lambda ms: len(ms) >= 3, 40, topic_filter=f"{ROOT}/heartbeat")
+    assert json.loads(beats[-1].payload)["detector"]["frames"] >= 2
+    code, _ = agent.terminate()
+    assert code == 0, agent.log
+    assert payloads(collector, "alert") == []
+
+
+def test_alert_raised_while_broker_down_survives_shutdown_and_is_sent_later(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    mqtt_collector: CollectorFactory,
+    model_dir: Path,
+    tmp_path: Path,
+    agents: list[AgentProcess],
+) -> None:
+    """Broker down: the alert is committed, SIGTERM loses nothing, the next start delivers it."""
+    server = rtsp_server_factory({"/kitchen": clip_factory(seconds=4, squares=magenta_after(0))})
+    config = write_config(tmp_path, broker, server.url("/kitchen"), model_dir)
+    broker.stop()
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        if (tmp_path / "state" / "agent.db").exists() and db_rows(
+            tmp_path, "SELECT COUNT(*) FROM alerts"
+        )[0][0]:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"no alert was committed:\n{agent.log[-3000:]}")
+    code, took = agent.terminate()
+    assert code == 0, agent.log
+    assert took < 5.0
+    alert_id = db_rows(tmp_path, "SELECT id FROM alerts")[0][0]
+    assert db_rows(tmp_path, "SELECT id FROM outbox WHERE kind = 'alert'") == [(alert_id,)]
+
+    broker.start()
+    collector = mqtt_collector(broker.url, f"{ROOT}/alert")
+    again = AgentProcess(config).start()
+    agents.append(again)
+    got = collector.wait_for(lambda ms: len(ms) >= 1, 30)
+    assert json.loads(got[0].payload)["id"] == alert_id
+    code, _ = again.terminate()
+    assert code == 0
+
+
+def test_kill_9_publishes_last_will_and_keeps_the_backlog(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    model_dir: Path,
+    tmp_path: Path,
+    agents: list[AgentProcess],
+) -> None:
+    """kill -9 of the agent: the broker publishes the 'offline' last will; the db is intact."""
+    server = rtsp_server_factory({"/kitchen": clip_factory(seconds=4)})
+    agent = AgentProcess(write_config(tmp_path, broker, server.url("/kitchen"), model_dir)).start()
+    agents.append(agent)
+    watcher = MqttCollector(broker.url, f"{ROOT}/availability")
+    try:
+        watcher.wait_for(lambda ms: any(json.loads(m.payload)["state"] == "online" for m in ms), 30)
+        time.sleep(2.5)  # let a heartbeat be written
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGKILL)
+        agent.proc.wait(5)
+        msgs = watcher.wait_for(
+            lambda ms: json.loads(ms[-1].payload)["state"] == "offline" if ms else False, 60
+        )
+        assert json.loads(msgs[-1].payload)["reason"] == "connection_lost"
+    finally:
+        watcher.close()
+    assert db_rows(tmp_path, "PRAGMA integrity_check") == [("ok",)]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path, broker: Broker) -> None:
+    """A model path that does not exist exits 3 with one line naming it, no traceback."""
+    config = write_config(tmp_path, broker, "rtsp://127.0.0.1:1/x", tmp_path / "no-such-model")
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 3, result.stderr
+    assert "no-such-model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_model_is_a_clear_error(tmp_path: Path, broker: Broker, model_dir: Path) -> None:
+    """A model file that does not match its manifest's sha256 is refused at start."""
+    copy = tmp_path / "model"
+    copy.mkdir()
+    for item in model_dir.iterdir():
+        copy.joinpath(item.name).write_bytes(item.read_bytes())
+    onnx = next(copy.glob("*.onnx"))
+    onnx.write_bytes(onnx.read_bytes()[:-10] + b"0123456789")
+    config = write_config(tmp_path, broker, "rtsp://127.0.0.1:1/x", copy)
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 3, result.stderr
+    assert "sha256" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,227 @@
+"""The MQTT uplink against a real mosquitto: ordered at-least-once delivery, availability, will."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from services import Broker, BrokerFactory, CollectorFactory, MqttCollector
+
+from agent.config import AgentConfig, parse_config
+from agent.contract import load_schema
+from agent.outbox import Outbox
+from agent.uplink import Uplink
+
+ROOT = "mclz/hz/s1/box-01"
+
+
+def make_config(url: str, *, protocol: str = "5", **mqtt: object) -> AgentConfig:
+    data = {
+        "identity": {"city": "hz", "school_id": "s1", "box_id": "box-01"},
+        "mqtt": {"url": url, "protocol": protocol, "reconnect_min": 1, "reconnect_max": 2, **mqtt},
+    }
+    return parse_config(yaml.safe_dump(data))
+
+
+def start_uplink(config: AgentConfig, box: Outbox) -> Uplink:
+    uplink = Uplink(config, box)
+    uplink.start()
+    return uplink
+
+
+def ids_on(collector: MqttCollector, topic: str) -> list[str]:
+    return [json.loads(m.payload)["id"] for m in collector.messages(topic)]
+
+
+def test_availability_and_ordered_delivery(
+    broker: Broker, tmp_path: Path, mqtt_collector: CollectorFactory
+) -> None:
+    """After CONNACK the box is retained 'online'; messages arrive in order, then leave."""
+    collector = mqtt_collector(broker.url, f"{ROOT}/#")
+    box = Outbox(tmp_path / "agent.db")
+    sent = [
+        box.enqueue(f"{ROOT}/heartbeat", json.dumps({"id": f"m{i}"}).encode(), kind="heartbeat")
+        for i in range(50)
+    ]
+    uplink = start_uplink(make_config(broker.url), box)
+    try:
+        assert uplink.wait_connected(10)
+        collector.wait_for(lambda ms: len(ms) >= 50, 15, topic_filter=f"{ROOT}/heartbeat")
+        assert ids_on(collector, f"{ROOT}/heartbeat") == [f"m{i}" for i in range(50)]
+        avail = collector.wait_for_count(1, 5, topic_filter=f"{ROOT}/availability")
+        body = json.loads(avail[-1].payload)
+        jsonschema.validate(body, load_schema("availability"))
+        assert body["state"] == "online"
+        deadline = time.monotonic() + 5
+        while box.backlog() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert box.backlog() == {}, "acknowledged messages must leave the outbox"
+        assert len(sent) == uplink.acked
+    finally:
+        uplink.stop()
+    retained = MqttCollector(broker.url, f"{ROOT}/availability")
+    try:
+        msg = retained.wait_for_count(1, 5)[0]
+        assert msg.retain
+        assert json.loads(msg.payload)["state"] == "offline"
+        assert json.loads(msg.payload)["reason"] == "shutdown"
+    finally:
+        retained.close()
+
+
+def test_messages_wait_while_broker_is_down(
+    broker_factory: BrokerFactory, tmp_path: Path, mqtt_collector: CollectorFactory
+) -> None:
+    """Nothing is lost while the broker is unreachable; 'connected' is false until a CONNACK."""
+    broker: Broker = broker_factory()
+    broker.stop()
+    box = Outbox(tmp_path / "agent.db")
+    uplink = start_uplink(make_config(broker.url), box)
+    try:
+        for i in range(20):
+            box.enqueue(f"{ROOT}/alert", json.dumps({"id": f"a{i}"}).encode(), kind="alert")
+            uplink.wake()
+        time.sleep(1.5)
+        assert not uplink.connected
+        assert box.backlog() == {"alert": 20}
+        broker.start()
+        collector = mqtt_collector(broker.url, f"{ROOT}/alert")
+        assert uplink.wait_connected(15)
+        collector.wait_for_count(20, 15)
+        assert ids_on(collector, f"{ROOT}/alert") == [f"a{i}" for i in range(20)]
+    finally:
+        uplink.stop()
+
+
+def test_broker_restarts_lose_nothing(
+    broker_factory: BrokerFactory, tmp_path: Path, mqtt_collector: CollectorFactory
+) -> None:
+    """Messages committed across two broker kills all arrive (at least once)."""
+    broker: Broker = broker_factory()
+    box = Outbox(tmp_path / "agent.db")
+    # The box reconnects no sooner than 2 s after a drop, the test's subscriber after 1 s, so
+    # the subscriber is back before the box resends (the test broker keeps no sessions).
+    uplink = start_uplink(make_config(broker.url, reconnect_min=2, reconnect_max=4), box)
+    collector = mqtt_collector(broker.url, f"{ROOT}/alert")
+    total = 0
+    try:
+        assert uplink.wait_connected(10)
+        for round_ in range(3):
+            for _ in range(40):
+                box.enqueue(f"{ROOT}/alert", json.dumps({"id": f"a{total}"}).encode(), kind="alert")
+                uplink.wake()
+                total += 1
+                time.sleep(0.005)
+            if round_ < 2:
+                before = uplink.connects
+                broker.kill()  # no clean shutdown: in-flight messages are cut off
+                time.sleep(0.3)
+                broker.start()
+                deadline = time.monotonic() + 15
+                while uplink.connects == before and time.monotonic() < deadline:
+                    time.sleep(0.05)
+        collector.wait_for(
+            lambda ms: {json.loads(m.payload)["id"] for m in ms} >= {f"a{i}" for i in range(total)},
+            30,
+        )
+        deadline = time.monotonic() + 10
+        while box.backlog() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert box.backlog() == {}
+        assert uplink.connects >= 3
+    finally:
+        uplink.stop()
+
+
+def test_wrong_password_is_refused_and_nothing_is_lost(
+    broker_factory: BrokerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mqtt_collector: CollectorFactory,
+) -> None:
+    """A refused CONNACK leaves 'connected' false and the messages in the outbox."""
+    broker: Broker = broker_factory(users={"box-01": "right-password"})
+    monkeypatch.setenv("MQTT_PW", "wrong-password")
+    config = make_config(broker.url, username="box-01", password={"env": "MQTT_PW"})
+    box = Outbox(tmp_path / "agent.db")
+    box.enqueue(f"{ROOT}/alert", b'{"id":"a0"}', kind="alert")
+    uplink = start_uplink(config, box)
+    try:
+        time.sleep(2.0)
+        assert not uplink.connected
+        assert "refused" in uplink.last_error
+        assert box.backlog() == {"alert": 1}
+    finally:
+        uplink.stop()
+    monkeypatch.setenv("MQTT_PW", "right-password")
+    collector = mqtt_collector(broker.url_with("box-01", "right-password"), f"{ROOT}/alert")
+    uplink = start_uplink(config, box)
+    try:
+        assert uplink.wait_connected(10)
+        collector.wait_for_count(1, 10)
+    finally:
+        uplink.stop()
+
+
+def test_mqtt_311_works(broker: Broker, tmp_path: Path, mqtt_collector: CollectorFactory) -> None:
+    """protocol 3.1.1 is selectable and delivers the same way."""
+    collector = mqtt_collector(broker.url, f"{ROOT}/heartbeat")
+    box = Outbox(tmp_path / "agent.db")
+    box.enqueue(f"{ROOT}/heartbeat", b'{"id":"h1"}', kind="heartbeat")
+    uplink = start_uplink(make_config(broker.url, protocol="3.1.1"), box)
+    try:
+        assert uplink.wait_connected(10)
+        collector.wait_for_count(1, 10)
+    finally:
+        uplink.stop()
+
+
+VANISHING_BOX = """
+import sys, time
+from agent.config import parse_config
+from agent.outbox import Outbox
+from agent.uplink import Uplink
+from pathlib import Path
+cfg = parse_config(
+    "identity: {city: hz, school_id: s1, box_id: box-01}\\nmqtt: {url: '%s', keepalive: 5}\\n"
+)
+uplink = Uplink(cfg, Outbox(Path(sys.argv[1])))
+uplink.start()
+assert uplink.wait_connected(10)
+print("connected", flush=True)
+time.sleep(60)
+"""
+
+
+def test_last_will_marks_a_vanished_box_offline(broker: Broker, tmp_path: Path) -> None:
+    """kill -9 of the box makes the broker publish the retained 'offline' last will."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", VANISHING_BOX % broker.url, str(tmp_path / "agent.db")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "connected"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+        collector = MqttCollector(broker.url, f"{ROOT}/availability")
+        try:
+            msgs = collector.wait_for(
+                lambda ms: any(json.loads(m.payload)["state"] == "offline" for m in ms), 15
+            )
+            body = json.loads(msgs[-1].payload)
+            jsonschema.validate(body, load_schema("availability"))
+            assert body == {**body, "state": "offline", "reason": "connection_lost"}
+            assert "ts" not in body
+        finally:
+            collector.close()
+    finally:
+        proc.kill()
