@@ -25,7 +25,14 @@ import jsonschema
 import numpy as np
 import pytest
 import yaml
-from services import Broker, ClipFactory, CollectorFactory, MqttCollector, RtspServerFactory
+from services import (
+    Broker,
+    ClipFactory,
+    CollectorFactory,
+    MqttCollector,
+    RtspServerFactory,
+    mqtt_publish,
+)
 from synthetic_model import build_pattern_model
 
 from agent.contract import load_schema
@@ -211,13 +218,32 @@ def test_no_violation_no_alert(
     tmp_path: Path,
     agents: list[AgentProcess],
 ) -> None:
-    """A stream without the pattern gives heartbeats and camera status but never an alert."""
+    """No pattern: heartbeats, status and command replies, never an alert; bad commands rejected."""
     server = rtsp_server_factory({"/kitchen": clip_factory(seconds=4)})
     collector = mqtt_collector(broker.url, f"{ROOT}/#")
     agent = AgentProcess(write_config(tmp_path, broker, server.url("/kitchen"), model_dir)).start()
     agents.append(agent)
     beats = collector.wait_for(lambda ms: len(ms) >= 3, 40, topic_filter=f"{ROOT}/heartbeat")
     assert json.loads(beats[-1].payload)["detector"]["frames"] >= 2
+
+    command = f"{ROOT}/command"
+    mqtt_publish(broker.url, command, json.dumps({"id": "r1", "command": "ping"}))
+    mqtt_publish(broker.url, command, b"\xff not json")
+    mqtt_publish(broker.url, command, json.dumps({"id": "r3", "command": "reboot-now"}))
+    mqtt_publish(broker.url, command, json.dumps({"id": "r4", "command": "status"}))
+    replies = collector.wait_for(lambda ms: len(ms) >= 4, 20, topic_filter=f"{ROOT}/command/reply")
+    by_request = {}
+    for reply in replies:
+        body = json.loads(reply.payload)
+        jsonschema.validate(body, load_schema("command_reply"))
+        by_request[body["request_id"]] = body
+    assert by_request["r1"]["ok"] is True
+    assert by_request["r1"]["result"]["pong"] is True
+    assert by_request[None]["ok"] is False
+    assert "not JSON" in by_request[None]["error"]
+    assert by_request["r3"]["ok"] is False
+    assert "unknown command 'reboot-now'" in by_request["r3"]["error"]
+    assert by_request["r4"]["result"]["cameras"]["kitchen-1"]["state"] == "online"
     code, _ = agent.terminate()
     assert code == 0, agent.log
     assert payloads(collector, "alert") == []

@@ -1,0 +1,231 @@
+"""The demo: the agent's main job on embedded defaults, with everything it talks to on loopback.
+
+Starts a local mosquitto on a free loopback port and a local RTSP camera streaming the
+shared kitchen clip (or ``--source``), runs ``mclz-agent run`` with ``configs/demo.yaml``
+for a bounded time (or until Ctrl-C), and prints what arrives on the broker as it comes:
+availability, camera status, heartbeats and alerts, with where the evidence files are.
+Run it through ``./scripts/demo``, which installs what is missing first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the project's loopback service harness
+
+from services import Broker, MqttCollector, MqttMessage, RtspServer  # noqa: E402
+
+DEFAULT_SOURCE = REPO.parent / "shared" / "videos" / "bareheaded_people_indoor.mp4"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--source",
+        default=str(DEFAULT_SOURCE),
+        help="a video file (served over RTSP on loopback) or an rtsp:// URL (default: %(default)s)",
+    )
+    parser.add_argument("--duration", type=float, default=75.0, help="seconds to run (default 75)")
+    parser.add_argument("--model", type=Path, default=None, help="model package directory")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=REPO / "demo-output",
+        help="state, logs (default demo-output/)",
+    )
+    return parser.parse_args()
+
+
+def stamp(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def describe(msg: MqttMessage, root: str) -> str:
+    """One human line per message."""
+    topic = msg.topic[len(root) + 1 :]
+    try:
+        body: dict[str, Any] = json.loads(msg.payload)
+    except ValueError:
+        return f"{topic:<28} {msg.payload[:80]!r}"
+    if topic == "availability":
+        retained = "  [retained]" if msg.retain else ""
+        return f"{'availability':<28} {body['state']} ({body['reason']}){retained}"
+    if topic.startswith("camera/"):
+        return (
+            f"{topic:<28} {body['state']} (was {body['previous']}, {body['reason']}), "
+            f"{body['fps']} fps, {body['reconnects']} reconnects"
+        )
+    if topic == "heartbeat":
+        det = body["detector"]
+        backlog = sum(body["outbox"]["backlog"].values())
+        return (
+            f"{'heartbeat':<28} up {body['uptime_s']:.0f} s, cameras {body['cameras_online']}/"
+            f"{body['cameras_total']} online, {det['frames']} frames analysed "
+            f"({det['avg_batch_ms']} ms each), {body['alerts']['raised']} alerts, backlog {backlog}"
+        )
+    if topic == "alert":
+        det = ", ".join(f"{d['label']} {d['confidence']:.2f}" for d in body["detections"])
+        ev = body.get("evidence", {})
+        return (
+            f"{'ALERT':<28} {body['type']} on {body['camera']} ({body['camera_name']}), "
+            f"{body['duration_s']:.1f} s, [{det}], evidence {ev.get('bytes', 0)} bytes"
+        )
+    return f"{topic:<28} {json.dumps(body, ensure_ascii=False)[:100]}"
+
+
+def write_config(output: Path, broker: Broker, camera_url: str, model: Path | None) -> Path:
+    data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    data["mqtt"]["url"] = broker.url
+    data["cameras"]["kitchen-1"]["url"] = camera_url
+    data["storage"]["state_dir"] = str(output / "state")
+    data["model"]["path"] = str(model if model is not None else REPO / "models" / "mclz-default")
+    path = output / "agent.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def main() -> int:
+    args = parse_args()
+    output: Path = args.output.resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    stop = False
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    broker = Broker(output / "broker").start()
+    rtsp: RtspServer | None = None
+    if args.source.startswith(("rtsp://", "rtsps://")):
+        camera_url = args.source
+    else:
+        source = Path(args.source)
+        if not source.is_file():
+            print(
+                f"demo: video {source} not found (pass --source FILE or an rtsp:// URL)",
+                file=sys.stderr,
+            )
+            broker.stop()
+            return 2
+        rtsp = RtspServer({"/kitchen": source}, loop=True).start()
+        camera_url = rtsp.url("/kitchen")
+    config = write_config(output, broker, camera_url, args.model)
+    cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+    ident = cfg["identity"]
+    root = f"mclz/{ident['city']}/{ident['school_id']}/{ident['box_id']}"
+    collector = MqttCollector(broker.url, f"{root}/#")
+    log_path = output / "agent.log"
+    print(f"broker   {broker.url}   (subscribed to {root}/#)")
+    print(f"camera   {camera_url}   ({args.source})")
+    print(f"agent    mclz-agent run --config {config}   (log: {log_path})")
+    print(f"running for {args.duration:.0f} s; Ctrl-C stops earlier\n")
+
+    with log_path.open("wb") as log:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(config)],
+            cwd=REPO,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    shown = 0
+    started = time.monotonic()
+    exit_code: int | None = None
+    rusage = None
+    shutdown_s = 0.0
+    try:
+        while not stop and time.monotonic() - started < args.duration:
+            time.sleep(0.5)
+            messages = collector.messages()
+            for msg in messages[shown:]:
+                print(f"[{stamp(msg.received_at)}] {describe(msg, root)}", flush=True)
+            shown = len(messages)
+            if agent.poll() is not None:
+                print(f"\nthe agent exited early with code {agent.returncode}; see {log_path}")
+                break
+    finally:
+        if agent.poll() is None:
+            t0 = time.monotonic()
+            agent.send_signal(signal.SIGTERM)
+            try:
+                _pid, status, rusage = os.wait4(agent.pid, 0)
+                exit_code = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                exit_code = agent.wait()
+            shutdown_s = time.monotonic() - t0
+        else:
+            exit_code = agent.returncode
+        time.sleep(0.5)
+        for msg in collector.messages()[shown:]:
+            print(f"[{stamp(msg.received_at)}] {describe(msg, root)}")
+        collector.close()
+        if rtsp is not None:
+            rtsp.close()
+        broker.stop()
+
+    summarize(
+        collector.messages(),
+        root=root,
+        output=output,
+        exit_code=exit_code,
+        shutdown_s=shutdown_s,
+        rusage=rusage,
+        ran_s=time.monotonic() - started,
+    )
+    return 0 if exit_code == 0 else 1
+
+
+def summarize(
+    messages: list[MqttMessage],
+    *,
+    root: str,
+    output: Path,
+    exit_code: int | None,
+    shutdown_s: float,
+    rusage: Any,
+    ran_s: float,
+) -> None:
+    counts: dict[str, int] = {}
+    for msg in messages:
+        topic = msg.topic[len(root) + 1 :]
+        counts[topic] = counts.get(topic, 0) + 1
+    print("\n== what arrived on the broker")
+    for topic, count in sorted(counts.items()):
+        print(f"  {topic:<30} {count}")
+    alerts = [json.loads(m.payload) for m in messages if m.topic == f"{root}/alert"]
+    print(f"\n== alerts: {len(alerts)}")
+    evidence = sorted((output / "state" / "evidence").rglob("*.jpg"))
+    by_id = {p.stem: p for p in evidence}
+    for alert in alerts:
+        where = by_id.get(alert["id"])
+        print(
+            f"  {alert['ts']}  {alert['type']:<10} {alert['camera']}  evidence: {where or '(none)'}"
+        )
+    if not alerts:
+        print("  (none: the model saw no violation that lasted min_duration in this run)")
+    print(f"\n== agent exit code {exit_code}, shutdown took {shutdown_s:.1f} s")
+    if rusage is not None:
+        cpu = rusage.ru_utime + rusage.ru_stime
+        print(
+            f"   CPU {cpu:.1f} s over {ran_s:.0f} s = {100 * cpu / ran_s:.0f}% of one core "
+            f"for 1 camera; peak RSS {rusage.ru_maxrss / 1024:.0f} MB"
+        )
+    print(f"   database: {output / 'state' / 'agent.db'}   log: {output / 'agent.log'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
