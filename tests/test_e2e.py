@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -351,3 +352,45 @@ def test_corrupt_model_is_a_clear_error(tmp_path: Path, broker: Broker, model_di
     assert result.returncode == 3, result.stderr
     assert "sha256" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_systemd_notify_ready_watchdog_stopping(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    model_dir: Path,
+    tmp_path: Path,
+    agents: list[AgentProcess],
+) -> None:
+    """Under systemd (NOTIFY_SOCKET, WATCHDOG_USEC) the agent says READY, pings, then STOPPING."""
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(0.5)
+    server = rtsp_server_factory({"/kitchen": clip_factory(seconds=4)})
+    config = write_config(tmp_path, broker, server.url("/kitchen"), model_dir)
+    agent = AgentProcess(
+        config, {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000"}
+    ).start()
+    agents.append(agent)
+    received: list[str] = []
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline and received.count("WATCHDOG=1") < 2:
+            try:
+                received.extend(sock.recv(4096).decode().splitlines())
+            except TimeoutError:
+                continue
+        code, _ = agent.terminate()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "STOPPING=1" not in received:
+            try:
+                received.extend(sock.recv(4096).decode().splitlines())
+            except TimeoutError:
+                continue
+    finally:
+        sock.close()
+    assert code == 0, agent.log
+    assert received[0] == "READY=1", received
+    assert received.count("WATCHDOG=1") >= 2
+    assert "STOPPING=1" in received
