@@ -47,15 +47,14 @@ MAX_UNSTORED_ALERTS = 1000
 
 
 def setup_logging(config: LoggingConfig) -> None:
-    """Log to stderr, without timestamps under systemd (journald adds them), secrets masked."""
+    """Log with secrets masked: under systemd to stdout without timestamps (journald adds
+    them), elsewhere to stderr with timestamps."""
     under_systemd = bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
     stamps = config.timestamps == "yes" or (config.timestamps == "auto" and not under_systemd)
-    fmt = (
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
-        if stamps
-        else "%(levelname)s %(name)s: %(message)s"
-    )
-    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if stamps:
+        fmt = "%(asctime)s " + fmt
+    handler = logging.StreamHandler(sys.stdout if under_systemd else sys.stderr)
     handler.setFormatter(logging.Formatter(fmt))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
