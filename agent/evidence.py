@@ -66,10 +66,11 @@ def render(alert: Alert, frame: np.ndarray, config: EvidenceConfig) -> tuple[byt
         )
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(alert.raised_at))
     caption = f"{alert.camera_id}  {alert.type}  {stamp}"
+    (cw, ch), cbase = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+    cv2.rectangle(image, (0, height - ch - cbase - 8), (cw + 12, height), (0, 0, 0), -1)
     cv2.putText(
-        image, caption, (8, height - 10), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 3
+        image, caption, (6, height - cbase - 4), cv2.FONT_HERSHEY_SIMPLEX, font_scale, _WHITE, 1
     )
-    cv2.putText(image, caption, (8, height - 10), cv2.FONT_HERSHEY_SIMPLEX, font_scale, _WHITE, 1)
     ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
     if not ok:
         raise ValueError("JPEG encoding failed")
