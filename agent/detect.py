@@ -322,6 +322,7 @@ def write_manifest(
         raise ModelError(f"{manifest_path}: " + "; ".join(problems))
     fd, tmp_name = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=package_dir)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; the agent may run as another user
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, ensure_ascii=False)
             fh.write("\n")
