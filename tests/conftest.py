@@ -8,7 +8,8 @@ the fixture fail (not skip) with the Debian package to install.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,32 @@ def sample_video() -> Path:
     if not SAMPLE_VIDEO.is_file():
         pytest.skip(f"../shared is absent: {SAMPLE_VIDEO} not found")
     return SAMPLE_VIDEO
+
+
+SmallDiskFactory = Callable[[str, str], Path]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDiskFactory]:
+    """Mount small tmpfs filesystems ``(name, size)`` under tmp_path, to fill them up for real.
+
+    Skips when this machine does not allow mounting (not root); unmounted at teardown.
+    """
+    mounts: list[Path] = []
+
+    def make(name: str, size: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+        mounts.append(path)
+        return path
+
+    yield make
+    for path in reversed(mounts):
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -26,6 +26,7 @@ import jsonschema
 import numpy as np
 import pytest
 import yaml
+from conftest import SmallDiskFactory
 from services import (
     Broker,
     ClipFactory,
@@ -403,44 +404,30 @@ def test_full_disk_keeps_the_alert_until_space_returns(
     mqtt_collector: CollectorFactory,
     model_dir: Path,
     tmp_path: Path,
+    small_disk: SmallDiskFactory,
     agents: list[AgentProcess],
 ) -> None:
     """State disk full: the agent keeps running, holds the alert, sends it once space returns."""
-    state = tmp_path / "state"
-    state.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)],
-        capture_output=True,
-        check=False,
+    state = small_disk("state", "4m")
+    server = rtsp_server_factory({"/kitchen": clip_factory(seconds=10, squares=magenta_after(60))})
+    collector = mqtt_collector(broker.url, f"{ROOT}/#")
+    agent = AgentProcess(write_config(tmp_path, broker, server.url("/kitchen"), model_dir))
+    agents.append(agent.start())
+    collector.wait_for(lambda ms: len(ms) >= 1, 30, topic_filter=f"{ROOT}/heartbeat")
+    filler = state / "filler"
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True, check=False
     )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        server = rtsp_server_factory(
-            {"/kitchen": clip_factory(seconds=10, squares=magenta_after(60))}
-        )
-        collector = mqtt_collector(broker.url, f"{ROOT}/#")
-        agent = AgentProcess(write_config(tmp_path, broker, server.url("/kitchen"), model_dir))
-        agents.append(agent.start())
-        collector.wait_for(lambda ms: len(ms) >= 1, 30, topic_filter=f"{ROOT}/heartbeat")
-        filler = state / "filler"
-        subprocess.run(
-            ["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True, check=False
-        )
-        # The square appears 6 s into the (looping) clip: the alert is raised on a full disk.
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and "not stored yet" not in agent.log:
-            time.sleep(0.5)
-        assert "not stored yet" in agent.log, agent.log[-3000:]
-        assert agent.proc is not None
-        assert agent.proc.poll() is None, "the agent must keep running on a full disk"
-        assert payloads(collector, "alert") == []
-        filler.unlink()
-        got = collector.wait_for(lambda ms: len(ms) >= 1, 30, topic_filter=f"{ROOT}/alert")
-        assert json.loads(got[0].payload)["type"] == "no_hat"
-        code, _ = agent.terminate()
-        assert code == 0, agent.log[-3000:]
-    finally:
-        for agent in agents:
-            agent.kill()
-        subprocess.run(["umount", "-l", str(state)], check=False)
+    # The square appears 6 s into the (looping) clip: the alert is raised on a full disk.
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and "not stored yet" not in agent.log:
+        time.sleep(0.5)
+    assert "not stored yet" in agent.log, agent.log[-3000:]
+    assert agent.proc is not None
+    assert agent.proc.poll() is None, "the agent must keep running on a full disk"
+    assert payloads(collector, "alert") == []
+    filler.unlink()
+    got = collector.wait_for(lambda ms: len(ms) >= 1, 30, topic_filter=f"{ROOT}/alert")
+    assert json.loads(got[0].payload)["type"] == "no_hat"
+    code, _ = agent.terminate()
+    assert code == 0, agent.log[-3000:]

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SmallDiskFactory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -207,27 +208,16 @@ def test_kill_9_loses_no_committed_message(tmp_path: Path, delay: float) -> None
     assert len(stored) - len(committed) <= 1  # at most the one committed but not yet printed
 
 
-def test_real_full_disk(tmp_path: Path) -> None:
+def test_real_full_disk(small_disk: SmallDiskFactory) -> None:
     """On a real full filesystem (a 2 MB tmpfs), writes fail cleanly and committed data stays."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-    try:
-        box = Outbox(mount / "agent.db")
-        first = box.enqueue("t", b"kept", kind="alert")
-        with pytest.raises(OutboxError):
-            fill(box, 1000, 16384)
-        assert box.due(1)[0].id == first
-        box._conn.close()
-        reopened = Outbox(mount / "agent.db")
-        assert reopened.recovered_from is None
-        assert reopened.due(1)[0].id == first
-        reopened._conn.close()
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    mount = small_disk("small", "2m")
+    box = Outbox(mount / "agent.db")
+    first = box.enqueue("t", b"kept", kind="alert")
+    with pytest.raises(OutboxError):
+        fill(box, 1000, 16384)
+    assert box.due(1)[0].id == first
+    box._conn.close()
+    reopened = Outbox(mount / "agent.db")
+    assert reopened.recovered_from is None
+    assert reopened.due(1)[0].id == first
+    reopened._conn.close()
