@@ -282,7 +282,7 @@ class CameraConfig(_Model):
 class ModelConfig(_Model):
     """The detection model package and how to run it."""
 
-    path: Path = Field(default=Path("models/mclz-default"), description="model package directory")
+    path: Path = Field(default=Path("models/default"), description="model package directory")
     backend: Literal["onnxruntime", "openvino"] = Field(
         default="onnxruntime", description="inference backend"
     )
@@ -298,7 +298,12 @@ class RuleConfig(_Model):
 
     enabled: bool = Field(default=True, description="raise alerts of this type")
     labels: tuple[str, ...] = Field(min_length=1, description="model labels that count as this")
-    min_confidence: float = Field(default=0.5, ge=0.01, le=1, description="per-detection threshold")
+    min_confidence: float | None = Field(
+        default=None,
+        ge=0.01,
+        le=1,
+        description="per-detection threshold; unset: the model's threshold for the label, else 0.5",
+    )
     min_duration: Duration = Field(
         default=3.0, ge=0, le=86400, description="seen this long before an alert is raised"
     )

@@ -1,14 +1,23 @@
 """Detection stage: load a model package, letterbox frames, run ONNX inference, decode boxes.
 
-A model package is a directory with ``manifest.json`` and the ONNX file it names. The
+A model package is a directory with ``manifest.yaml`` and the ONNX file it names. The
 manifest pins the file's sha256, the input size and preprocessing, the output convention and
-the class labels, so a box never runs a model other than the one that was shipped::
+the class labels, so a box never runs a model other than the one that was shipped; it also
+says which labels are violations of which type and each label's default threshold::
 
-    {"format": "mclz-model/1", "name": "mclz-default", "version": "2026.11.26",
-     "file": "model.onnx", "sha256": "<hex>",
-     "input": {"width": 320, "height": 320, "layout": "NCHW", "color": "RGB",
-               "scale": 0.00392156862745098},
-     "output": "yolo", "labels": ["face_mask", "face_no_mask"], "license": "...", "notes": "..."}
+    format: mclz-model/1
+    name: mclz-default
+    version: 2026.11.26-e30
+    file: model.onnx
+    sha256: <64 hex digits>
+    input: {width: 416, height: 416, layout: NCHW, color: RGB, scale: 0.00392156862745098}
+    output: yolo
+    labels: [face_mask, face_no_mask, head_covered, head_bare, person_uniform, person_no_uniform]
+    violations: {face_no_mask: no_mask, head_bare: no_hat}     # optional: label -> violation type
+    thresholds: {face_no_mask: 0.4, head_bare: 0.4}            # optional: label -> confidence
+    license: ...
+
+A ``manifest.json`` with the same fields is read too (JSON is YAML).
 
 Output convention ``yolo`` is the ultralytics YOLOv8/YOLO11 ONNX export: one output
 ``[B, 4 + nc, N]`` whose rows are cx, cy, w, h in input pixels followed by ``nc`` class scores
@@ -22,7 +31,6 @@ Backends sit behind :class:`InferenceBackend`: onnxruntime (always installed) an
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -35,12 +43,14 @@ from typing import Any, Final, Protocol
 import cv2
 import numpy as np
 import numpy.typing as npt
+import yaml
 
 from agent.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME: Final = "manifest.json"
+MANIFEST_NAME: Final = "manifest.yaml"
+MANIFEST_NAMES: Final = (MANIFEST_NAME, "manifest.json")
 MANIFEST_FORMAT: Final = "mclz-model/1"
 OUTPUT_CONVENTIONS: Final = ("yolo",)
 BACKENDS: Final = ("onnxruntime", "openvino")
@@ -62,7 +72,8 @@ _REQUIRED_FIELDS: Final = (
     "output",
     "labels",
 )
-_RESERVED_FIELDS: Final = frozenset(_REQUIRED_FIELDS)
+_RESERVED_FIELDS: Final = frozenset((*_REQUIRED_FIELDS, "violations", "thresholds"))
+_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 FloatArray = npt.NDArray[np.float32]
 UInt8Array = npt.NDArray[np.uint8]
@@ -94,6 +105,8 @@ class ModelPackage:
     input_height: int
     labels: tuple[str, ...]
     manifest: dict[str, Any] = field(repr=False, compare=False)
+    violations: dict[str, str] = field(default_factory=dict)  # label -> violation type
+    thresholds: dict[str, float] = field(default_factory=dict)  # label -> default confidence
 
     @property
     def color(self) -> str:
@@ -169,10 +182,35 @@ def _labels_problems(value: object) -> list[str]:
     return []
 
 
+def _mapping_problems(data: dict[str, Any]) -> list[str]:
+    raw_labels = data.get("labels")
+    labels: list[Any] = raw_labels if isinstance(raw_labels, list) else []
+    problems: list[str] = []
+    violations = data.get("violations", {})
+    if not isinstance(violations, dict):
+        problems.append("'violations' must map labels to violation types")
+    else:
+        for label, kind in violations.items():
+            if label not in labels:
+                problems.append(f"'violations' names {label!r}, which is not one of the labels")
+            if not isinstance(kind, str) or not _TYPE_RE.match(kind):
+                problems.append(f"'violations.{label}' must be a type id like no_hat, not {kind!r}")
+    thresholds = data.get("thresholds", {})
+    if not isinstance(thresholds, dict):
+        problems.append("'thresholds' must map labels to confidences")
+    else:
+        for label, value in thresholds.items():
+            if label not in labels:
+                problems.append(f"'thresholds' names {label!r}, which is not one of the labels")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+                problems.append(f"'thresholds.{label}' must be a number in (0, 1], not {value!r}")
+    return problems
+
+
 def _manifest_problems(data: object) -> list[str]:
     """Return every problem with a parsed manifest, each phrased for a person; empty when valid."""
     if not isinstance(data, dict):
-        return [f"must be a JSON object, not {type(data).__name__}"]
+        return [f"must be a mapping of fields (format, name, ...), not {type(data).__name__}"]
     checks: dict[str, Callable[[object], list[str]]] = {
         "format": _format_problems,
         "name": _text_problems("name"),
@@ -189,6 +227,7 @@ def _manifest_problems(data: object) -> list[str]:
             problems.append(f"missing field '{key}'")
         else:
             problems.extend(checks[key](data[key]))
+    problems.extend(_mapping_problems(data))
     return problems
 
 
@@ -213,17 +252,22 @@ def _input_problems(spec: object) -> list[str]:
 
 
 def load_model_package(path: Path) -> ModelPackage:
-    """Read and verify a model package directory (or its ``manifest.json``).
+    """Read and verify a model package directory (or its manifest file).
 
     Checks the manifest's format and fields, that the ONNX file exists inside the package and
     that its sha256 matches the manifest. Does not load the ONNX graph: :class:`Detector` does.
 
     Raises:
         ModelError: the directory, manifest or ONNX file is missing, the manifest is not valid
-            JSON or lacks a field, or the file's sha256 differs. The message names the path.
+            YAML or lacks a field, or the file's sha256 differs. The message names the path.
     """
     path = Path(path)
-    manifest_path = path if path.suffix == ".json" or path.is_file() else path / MANIFEST_NAME
+    if path.is_file() or path.suffix in {".json", ".yaml", ".yml"}:
+        manifest_path = path
+    else:
+        manifest_path = next(
+            (path / n for n in MANIFEST_NAMES if (path / n).is_file()), path / MANIFEST_NAME
+        )
     package_dir = manifest_path.parent
     if not package_dir.is_dir():
         raise ModelError(f"{package_dir}: model package directory not found")
@@ -234,11 +278,12 @@ def load_model_package(path: Path) -> ModelPackage:
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"{manifest_path}: cannot read manifest: {exc}") from exc
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelError(
-            f"{manifest_path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"
-        ) from None
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{manifest_path}:{mark.line + 1}:{mark.column + 1}" if mark else str(manifest_path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ModelError(f"{where}: invalid YAML: {problem}") from None
     problems = _manifest_problems(data)
     if problems:
         raise ModelError(f"{manifest_path}: " + "; ".join(problems))
@@ -266,6 +311,8 @@ def load_model_package(path: Path) -> ModelPackage:
         input_height=data["input"]["height"],
         labels=tuple(data["labels"]),
         manifest=data,
+        violations={str(k): str(v) for k, v in data.get("violations", {}).items()},
+        thresholds={str(k): float(v) for k, v in data.get("thresholds", {}).items()},
     )
 
 
@@ -281,9 +328,11 @@ def write_manifest(
     color: str = "RGB",
     scale: float = DEFAULT_SCALE,
     output: str = "yolo",
+    violations: dict[str, str] | None = None,
+    thresholds: dict[str, float] | None = None,
     **extra: Any,
 ) -> Path:
-    """Hash ``package_dir/onnx_file`` and write ``package_dir/manifest.json`` atomically.
+    """Hash ``package_dir/onnx_file`` and write ``package_dir/manifest.yaml`` atomically.
 
     ``extra`` keys (``license``, ``notes``, metrics, provenance) are stored at the top level.
     Returns the manifest's path.
@@ -315,17 +364,19 @@ def write_manifest(
         },
         "output": output,
         "labels": list(labels),
+        "violations": dict(violations or {}),
+        "thresholds": dict(thresholds or {}),
         **extra,
     }
     problems = _manifest_problems(data)
     if problems:
         raise ModelError(f"{manifest_path}: " + "; ".join(problems))
-    fd, tmp_name = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=package_dir)
+    fd, tmp_name = tempfile.mkstemp(prefix=".manifest-", suffix=".yaml", dir=package_dir)
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; the agent may run as another user
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
+            fh.write("# mclz-agent model package manifest, written by write_manifest\n")
+            yaml.safe_dump(data, fh, allow_unicode=True, sort_keys=False)
         Path(tmp_name).replace(manifest_path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

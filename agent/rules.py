@@ -2,7 +2,8 @@
 
 Each (camera, violation type) pair has its own episode state:
 
-* a frame *hits* when one of the rule's labels is detected at ``min_confidence`` or more;
+* a frame *hits* when one of the rule's labels is detected at ``min_confidence`` or more
+  (unset: the model manifest's threshold for that label, else 0.5);
 * an episode starts at the first hit and lasts while hits keep coming with gaps no longer
   than ``clear_after`` (a detector misses a head now and then; that must not restart it);
 * the alert is raised once the episode has lasted ``min_duration`` and the camera is out
@@ -23,6 +24,8 @@ import numpy as np
 
 from agent.config import RuleConfig
 from agent.detect import Detection
+
+DEFAULT_MIN_CONFIDENCE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +62,21 @@ class _TrackState:
 class RuleEngine:
     """Applies every enabled rule to each analysed frame of each camera."""
 
-    def __init__(self, rules: Mapping[str, RuleConfig]) -> None:
+    def __init__(
+        self, rules: Mapping[str, RuleConfig], label_thresholds: Mapping[str, float] | None = None
+    ) -> None:
         self.rules = {name: rule for name, rule in rules.items() if rule.enabled}
+        defaults = label_thresholds or {}
+        # (rule, label) -> confidence a detection needs to count for that rule.
+        self._thresholds = {
+            (name, label): (
+                rule.min_confidence
+                if rule.min_confidence is not None
+                else defaults.get(label, DEFAULT_MIN_CONFIDENCE)
+            )
+            for name, rule in self.rules.items()
+            for label in rule.labels
+        }
         self._states: dict[tuple[str, str], _TrackState] = {}
         self.alerts_raised = 0
         self.suppressed_by_cooldown = 0
@@ -80,7 +96,7 @@ class RuleEngine:
             hits = tuple(
                 d
                 for d in detections
-                if d.label in rule.labels and d.confidence >= rule.min_confidence
+                if d.label in rule.labels and d.confidence >= self._thresholds[(name, d.label)]
             )
             state = self._states.setdefault((camera_id, name), _TrackState())
             alert = self._step(

@@ -131,7 +131,7 @@ class Agent:
             logger.warning(
                 "rules use labels the model %s does not have: %s", self.model_id, ", ".join(missing)
             )
-        self.rules = RuleEngine(config.rules)
+        self.rules = RuleEngine(config.rules, package.thresholds)
         self.uplink = Uplink(config, self.outbox, on_command=self._on_command)
         self._wake = threading.Event()
         self.readers: dict[str, CameraReader] = {}

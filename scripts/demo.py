@@ -89,7 +89,7 @@ def write_config(output: Path, broker: Broker, camera_url: str, model: Path | No
     data["mqtt"]["url"] = broker.url
     data["cameras"]["kitchen-1"]["url"] = camera_url
     data["storage"]["state_dir"] = str(output / "state")
-    data["model"]["path"] = str(model if model is not None else REPO / "models" / "mclz-default")
+    data["model"]["path"] = str(model if model is not None else REPO / "models" / "default")
     path = output / "agent.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path

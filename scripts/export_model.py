@@ -49,6 +49,19 @@ LICENSE = (
     "Technology; no licence stated upstream, used as research and evaluation data only). "
     "Check both before any commercial deployment; see docs/model.md."
 )
+# Which labels are violations, and of which type (the rule names in configs/example.yaml).
+VIOLATIONS = {"face_no_mask": "no_mask", "head_bare": "no_hat", "person_no_uniform": "no_uniform"}
+
+
+def _thresholds(text: str) -> dict[str, float]:
+    """Parse ``label=0.4,label=0.5`` into a mapping."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        label, _, value = part.partition("=")
+        out[label.strip()] = float(value)
+    return out
+
+
 NOTES = (
     "Proxy classes: head_covered/head_bare were learned from hard hats on building sites, not "
     "chef hats; person_uniform/person_no_uniform from safety workwear. Facemask images carry no "
@@ -137,7 +150,7 @@ def export(args: argparse.Namespace) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
     weights = args.weights.resolve()
-    out_dir: Path = (args.out or REPO / "models" / args.name).resolve()
+    out_dir: Path = (args.out or REPO / "models" / "default").resolve()
     with tempfile.TemporaryDirectory(prefix="mclz-export-") as tmp:
         pt = Path(tmp) / "model.pt"
         shutil.copy2(weights, pt)  # a running training rewrites best.pt/last.pt in place
@@ -188,6 +201,8 @@ def export(args: argparse.Namespace) -> Path:
         labels=names,
         input_width=imgsz,
         input_height=imgsz,
+        violations=VIOLATIONS,
+        thresholds=args.thresholds or {},
         license=LICENSE,
         training={
             "data": data,
@@ -255,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("weights", type=Path, nargs="?", help="best.pt or last.pt")
     ap.add_argument("--name", default="mclz-default", help="package name (models/<name>/)")
-    ap.add_argument("--out", type=Path, help="package directory (default models/<name>)")
+    ap.add_argument("--out", type=Path, help="package directory (default models/default)")
     ap.add_argument("--version", help="manifest version (default <date>-<run>-e<epochs>)")
     ap.add_argument("--imgsz", type=int, help="input size (default: the training imgsz)")
     ap.add_argument("--data", help="dataset.yaml for metrics (default: the training data)")
@@ -266,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         help="validate for per-class metrics (default on)",
     )
     ap.add_argument("--openvino", action="store_true", help="also write OpenVINO IR")
+    ap.add_argument(
+        "--thresholds",
+        type=_thresholds,
+        help="default confidence per label for the manifest, e.g. head_bare=0.4,face_no_mask=0.4",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads")
     ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="frame source for verify")
     ap.add_argument(

@@ -255,7 +255,7 @@ def build_pattern_model(
     batch: int | None = None,
     transposed: bool = False,
 ) -> Path:
-    """Write ``model.onnx`` and ``manifest.json`` for the pattern detector into ``out_dir``.
+    """Write ``model.onnx`` and ``manifest.yaml`` for the pattern detector into ``out_dir``.
 
     Class 0 fires on solid magenta (RGB 1, 0, 1), class 1 on solid cyan (RGB 0, 1, 1); any
     further labels never fire. ``batch`` and ``transposed`` as in :func:`build_pattern_graph`.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 import shutil
 import sys
@@ -15,6 +14,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from synthetic_model import DEFAULT_LABELS, build_pattern_model
@@ -514,17 +514,17 @@ def test_unknown_backend(package: ModelPackage) -> None:
 
 
 def rewrite_manifest(package_dir: Path, change: Callable[[dict[str, object]], object]) -> Path:
-    manifest = package_dir / "manifest.json"
-    data = json.loads(manifest.read_text())
+    manifest = package_dir / "manifest.yaml"
+    data = yaml.safe_load(manifest.read_text())
     change(data)
-    manifest.write_text(json.dumps(data, indent=2))
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
     return manifest
 
 
 def test_package_loads_from_directory_or_manifest(package_dir: Path) -> None:
-    """The directory and its manifest.json load the same verified package."""
+    """The directory and its manifest.yaml load the same verified package."""
     by_dir = load_model_package(package_dir)
-    by_file = load_model_package(package_dir / "manifest.json")
+    by_file = load_model_package(package_dir / "manifest.yaml")
     assert by_dir == by_file
     assert by_dir.labels == DEFAULT_LABELS
     assert (by_dir.input_width, by_dir.input_height) == (320, 320)
@@ -579,26 +579,26 @@ def test_missing_directory(tmp_path: Path) -> None:
 
 
 def test_missing_manifest(package_copy: Path) -> None:
-    """A directory without manifest.json is a ModelError naming the manifest path."""
-    (package_copy / "manifest.json").unlink()
+    """A directory without manifest.yaml is a ModelError naming the manifest path."""
+    (package_copy / "manifest.yaml").unlink()
     with pytest.raises(ModelError, match="manifest not found") as info:
         load_model_package(package_copy)
-    assert str(package_copy / "manifest.json") in str(info.value)
+    assert str(package_copy / "manifest.yaml") in str(info.value)
 
 
-def test_bad_json_names_the_line(package_copy: Path) -> None:
-    """Invalid JSON is a ModelError with path:line:column."""
-    manifest = package_copy / "manifest.json"
+def test_bad_manifest_syntax_names_the_line(package_copy: Path) -> None:
+    """An unparsable manifest is a ModelError with path:line:column."""
+    manifest = package_copy / "manifest.yaml"
     manifest.write_text('{\n  "format": "mclz-model/1",\n  "name": "x"\n  "version": "1"\n}\n')
-    with pytest.raises(ModelError, match="invalid JSON") as info:
+    with pytest.raises(ModelError, match="invalid YAML") as info:
         load_model_package(package_copy)
     assert f"{manifest}:4:3:" in str(info.value)
 
 
 def test_manifest_must_be_an_object(package_copy: Path) -> None:
-    """A JSON list instead of an object is refused."""
-    (package_copy / "manifest.json").write_text("[1, 2]")
-    with pytest.raises(ModelError, match="must be a JSON object"):
+    """A list instead of a mapping of fields is refused."""
+    (package_copy / "manifest.yaml").write_text("[1, 2]")
+    with pytest.raises(ModelError, match="must be a mapping of fields"):
         load_model_package(package_copy)
 
 
@@ -714,3 +714,24 @@ def test_input_size_mismatch(package_copy: Path) -> None:
     with pytest.raises(ModelError, match="input height is 320 but the manifest says 640") as info:
         Detector(package)
     assert str(package.onnx_path) in str(info.value)
+
+
+def test_violation_mapping_and_thresholds_are_read_and_checked(package_copy: Path) -> None:
+    """violations and thresholds load as dicts; a mapping naming an unknown label is refused."""
+    rewrite_manifest(
+        package_copy,
+        lambda d: d.update(violations={"head_bare": "no_hat"}, thresholds={"head_bare": 0.4}),
+    )
+    package = load_model_package(package_copy)
+    assert package.violations == {"head_bare": "no_hat"}
+    assert package.thresholds == {"head_bare": 0.4}
+    rewrite_manifest(
+        package_copy,
+        lambda d: d.update(violations={"chef_hat_missing": "no_hat"}, thresholds={"head_bare": 2}),
+    )
+    with pytest.raises(ModelError) as info:
+        load_model_package(package_copy)
+    assert "'violations' names 'chef_hat_missing', which is not one of the labels" in str(
+        info.value
+    )
+    assert "'thresholds.head_bare' must be a number in (0, 1], not 2" in str(info.value)

@@ -134,3 +134,17 @@ def test_continuous_violation_alerts_iff_long_enough(length: int, min_duration: 
     """A continuous run raises exactly one alert iff it lasts min_duration (long cooldown)."""
     raised = feed(engine(min_duration=min_duration, cooldown=10_000), [True] * length)
     assert len(raised) == (1 if length - 1 >= min_duration else 0)
+
+
+def test_model_thresholds_apply_when_the_rule_sets_none() -> None:
+    """Without min_confidence, a label's threshold comes from the model manifest, else 0.5."""
+    rule = RuleConfig(labels=("head_bare",), min_duration=0)
+    strict = RuleEngine({"no_hat": rule}, {"head_bare": 0.95})
+    assert strict.update("cam", [BARE], mono=0, wall=0) == []  # 0.9 < 0.95
+    default = RuleEngine({"no_hat": rule})
+    assert len(default.update("cam", [BARE], mono=0, wall=0)) == 1  # 0.9 >= 0.5
+    assert default.update("cam2", [WEAK], mono=0, wall=0) == []  # 0.3 < 0.5
+    explicit = RuleEngine(
+        {"no_hat": rule.model_copy(update={"min_confidence": 0.2})}, {"head_bare": 0.95}
+    )
+    assert len(explicit.update("cam", [WEAK], mono=0, wall=0)) == 1  # the rule's own value wins
