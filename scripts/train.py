@@ -33,6 +33,10 @@ os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / ".yolo"))
 os.environ.setdefault("MPLCONFIGDIR", str(REPO / ".yolo" / "matplotlib"))  # not ~/.config
 
 DEFAULT_DATA = REPO / "data" / "mclz-v1" / "dataset.yaml"
+# Committed copies of a run's resumable state, so a later session (with a fresh work tree)
+# can continue it: last.pt, results.csv, args.yaml.
+CHECKPOINTS = REPO / "models" / "checkpoints"
+CARRIED = ("weights/last.pt", "results.csv", "args.yaml")
 
 # Augmentation, chosen for this data (see docs/model.md): small faces (median 6 % of the image
 # width) and rare bare heads. Mosaic shows many small objects per image and mixes both sources;
@@ -86,7 +90,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cache", default="ram", choices=["ram", "disk", "none"])
     ap.add_argument("--patience", type=int, default=100, help="early stop after N flat epochs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--save-checkpoint",
+        action="store_true",
+        help="copy the run's last.pt, results.csv and args.yaml to models/checkpoints/<name>/"
+        " (to commit) and exit",
+    )
     return ap.parse_args(argv)
+
+
+def save_checkpoint(run_dir: Path) -> Path:
+    """Copy what resuming needs into models/checkpoints/<run>/ so it can be committed."""
+    target = CHECKPOINTS / run_dir.name
+    for item in CARRIED:
+        src = run_dir / item
+        if not src.is_file():
+            raise SystemExit(f"train: {src} not found: nothing to save")
+        dst = target / Path(item).name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    print(f"train: saved {run_dir} state to {target}")
+    return target
+
+
+def restore_checkpoint(run_dir: Path) -> bool:
+    """Put a committed checkpoint back into runs/<name>/ when the run directory lacks one."""
+    source = CHECKPOINTS / run_dir.name
+    if (run_dir / "weights" / "last.pt").exists() or not (source / "last.pt").is_file():
+        return False
+    for item in CARRIED:
+        src = source / Path(item).name
+        if src.is_file():
+            dst = run_dir / item
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    print(f"train: restored {run_dir} from the committed checkpoint in {source}")
+    return True
 
 
 def _checkpoint_state(path: Path) -> str:
@@ -129,6 +168,9 @@ def pick_resume_checkpoint(weights: Path) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     on_cpu = args.device == "cpu"
+    if args.save_checkpoint:
+        save_checkpoint(args.project / args.name)
+        return 0
 
     import torch  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415 - after the environment is set
     from ultralytics import YOLO, settings  # noqa: PLC0415
@@ -151,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         aside = run_dir.with_name(f"{args.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir.rename(aside)
         print(f"train: moved old run to {aside}")
+    if args.resume and not args.fresh:
+        restore_checkpoint(run_dir)
     resume_from = pick_resume_checkpoint(weights) if args.resume else None
 
     train_kwargs: dict[str, Any] = {
