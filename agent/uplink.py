@@ -245,11 +245,15 @@ class Uplink:
             if mid in self._foreign:
                 self._foreign.discard(mid)
                 return
-            seq = self._inflight.pop(mid, None)
+            seq = self._inflight.get(mid)
             if seq is None:
                 self._early[mid] = reason_code
                 return
+        # Settle in the database first and only then free the slot: the drain thread skips
+        # in-flight seqs, so a row still in the outbox must stay marked until it is gone.
         self._settle(seq, reason_code)
+        with self._lock:
+            self._inflight.pop(mid, None)
 
     def _settle(self, seq: int, reason_code: ReasonCode) -> None:
         try:
