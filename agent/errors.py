@@ -31,6 +31,10 @@ class ModelError(AgentError):
     """A model package is missing, corrupt, or does not match its manifest."""
 
 
+class DatasetError(AgentError):
+    """A labelled dataset folder is missing, has an unknown layout or class, or no usable sample."""
+
+
 class OutboxError(AgentError):
     """The local SQLite store cannot be opened or written."""
 

@@ -9,6 +9,9 @@ Two sources are merged into one dataset with the agent's own class names:
   3 ``wear`` -> ``person_uniform``, 2 ``no_wear`` -> ``person_no_uniform``. Polygon lines are
   turned into the bounding box of their points; empty files stay as background images.
 
+Both are read by ``agent/datasets.py`` (its ``CLASS_MAP`` is the mapping above), the same code
+``mclz-agent model eval`` reads a dataset with, so training and evaluation agree on labels.
+
 The train/val split is a pure function of the source name and file stem (sha1), so it never
 changes between runs or machines and results of different runs stay comparable. Images are
 symlinked (relative links into ``../shared``), labels are written as files. Rare-class images
@@ -24,36 +27,31 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import os
 import shutil
 import sys
-import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a plain script, from any directory
+    sys.path.insert(0, str(REPO))
+
+from agent.datasets import AGENT_LABELS, Dataset, load_dataset  # noqa: E402
+from agent.errors import DatasetError  # noqa: E402
+
 DEFAULT_SHARED = REPO.parent / "shared" / "datasets"
 DEFAULT_OUT = REPO / "data" / "mclz-v1"
 
-#: The agent's classes, in model output order. Never reorder: models and manifests depend on it.
-NAMES: tuple[str, ...] = (
-    "face_mask",
-    "face_no_mask",
-    "head_covered",
-    "head_bare",
-    "person_uniform",
-    "person_no_uniform",
-)
+#: The agent's classes, in model output order (agent.datasets owns the list and the mapping).
+NAMES: tuple[str, ...] = AGENT_LABELS
 #: Classes with few boxes; images that contain them can be repeated in the training list.
 RARE = frozenset({NAMES.index("face_no_mask"), NAMES.index("head_bare")})
-
-FACEMASK_MAP = {"with_mask": 0, "without_mask": 1, "mask_weared_incorrect": 1}
-HEADCOVER_MAP = {0: 2, 1: 3, 3: 4, 2: 5}
+#: Source folders under ``--shared``, with the prefix their images get in the merged set.
+SOURCES = {"facemask": "fm", "headcover": "hc"}
 
 VAL_PERCENT = 15  # share of each source that goes to val, by hash of "<source>/<stem>"
-MIN_BOX_PX = 1.0  # boxes narrower or lower than this (source pixels) are degenerate
 
 Box = tuple[int, float, float, float, float]  # class, cx, cy, w, h (normalised)
 
@@ -72,9 +70,18 @@ class Stats:
     missing: int = 0
     problems: list[str] = field(default_factory=list)
 
-    def note(self, msg: str) -> None:
-        if len(self.problems) < 10:
-            self.problems.append(msg)
+    @classmethod
+    def of(cls, dataset: Dataset) -> Stats:
+        """The counters of a loaded source; the first ten problems are kept for the report."""
+        kinds = dataset.problem_counts()
+        return cls(
+            polygons=dataset.polygons,
+            degenerate=kinds["degenerate"],
+            malformed=kinds["malformed"],
+            unknown_class=kinds["unknown_class"],
+            missing=kinds["missing"],
+            problems=[str(p) for p in dataset.problems[:10]],
+        )
 
 
 def split_of(source: str, stem: str) -> str:
@@ -83,130 +90,28 @@ def split_of(source: str, stem: str) -> str:
     return "val" if int(digest[:8], 16) % 100 < VAL_PERCENT else "train"
 
 
-def _clip_xyxy(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
-    x0, x1 = sorted((min(max(x0, 0.0), 1.0), min(max(x1, 0.0), 1.0)))
-    y0, y1 = sorted((min(max(y0, 0.0), 1.0), min(max(y1, 0.0), 1.0)))
-    return x0, y0, x1, y1
-
-
-def _to_cxcywh(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
-    return (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
-
-
-def read_voc(xml_path: Path, stats: Stats) -> list[Box] | None:
-    """Parse one VOC file into normalised boxes; ``None`` when the file is unusable."""
-    try:
-        root = ET.parse(xml_path).getroot()  # noqa: S314 - trusted local dataset
-        size = root.find("size")
-        if size is None:
-            raise ValueError("no <size>")
-        width = float(size.findtext("width", "0"))
-        height = float(size.findtext("height", "0"))
-        if width <= 0 or height <= 0:
-            raise ValueError(f"bad image size {width}x{height}")
-    except (ET.ParseError, ValueError) as exc:
-        stats.malformed += 1
-        stats.note(f"{xml_path.name}: {exc}")
-        return None
-    boxes: list[Box] = []
-    for obj in root.iter("object"):
-        name = (obj.findtext("name") or "").strip()
-        if name not in FACEMASK_MAP:
-            stats.unknown_class += 1
-            stats.note(f"{xml_path.name}: unknown class {name!r}")
-            continue
-        bnd = obj.find("bndbox")
-        try:
-            if bnd is None:
-                raise ValueError("no <bndbox>")
-            x0, y0, x1, y1 = (
-                float(bnd.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax")
-            )
-        except ValueError as exc:
-            stats.malformed += 1
-            stats.note(f"{xml_path.name}: {exc}")
-            continue
-        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-            stats.malformed += 1
-            stats.note(f"{xml_path.name}: missing or non-finite coordinate")
-            continue
-        nx0, ny0, nx1, ny1 = _clip_xyxy(x0 / width, y0 / height, x1 / width, y1 / height)
-        if (nx1 - nx0) * width < MIN_BOX_PX or (ny1 - ny0) * height < MIN_BOX_PX:
-            stats.degenerate += 1
-            stats.note(f"{xml_path.name}: degenerate box {x0},{y0},{x1},{y1}")
-            continue
-        boxes.append((FACEMASK_MAP[name], *_to_cxcywh(nx0, ny0, nx1, ny1)))
-    return boxes
-
-
-def read_yolo(txt_path: Path, stats: Stats) -> list[Box]:
-    """Parse one headcover label file: boxes or polygons, remapped to the agent's classes."""
-    boxes: list[Box] = []
-    for lineno, line in enumerate(txt_path.read_text().splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        where = f"{txt_path.name}:{lineno}"
-        try:
-            src_cls = int(parts[0])
-            nums = [float(p) for p in parts[1:]]
-        except ValueError:
-            stats.malformed += 1
-            stats.note(f"{where}: not numeric")
-            continue
-        if src_cls not in HEADCOVER_MAP:
-            stats.unknown_class += 1
-            stats.note(f"{where}: unknown class {src_cls}")
-            continue
-        if len(nums) == 4:
-            cx, cy, w, h = nums
-            x0, y0, x1, y1 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
-        elif len(nums) >= 6 and len(nums) % 2 == 0:
-            xs, ys = nums[0::2], nums[1::2]
-            x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
-            stats.polygons += 1
-        else:
-            stats.malformed += 1
-            stats.note(f"{where}: {len(nums)} coordinates")
-            continue
-        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-            stats.malformed += 1
-            stats.note(f"{where}: NaN or infinite coordinate")
-            continue
-        x0, y0, x1, y1 = _clip_xyxy(x0, y0, x1, y1)
-        if x1 - x0 <= 1e-4 or y1 - y0 <= 1e-4:
-            stats.degenerate += 1
-            stats.note(f"{where}: degenerate box")
-            continue
-        boxes.append((HEADCOVER_MAP[src_cls], *_to_cxcywh(x0, y0, x1, y1)))
-    return boxes
+def _to_yolo_box(label: str, box: tuple[float, float, float, float]) -> Box:
+    x0, y0, x1, y1 = box
+    return NAMES.index(label), (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
 
 
 def iter_sources(shared: Path, stats: dict[str, Stats]) -> list[tuple[str, Path, list[Box]]]:
-    """Return ``(source, image_path, boxes)`` for every usable image of both datasets."""
+    """Return ``(source, image_path, boxes)`` for every usable image of both datasets.
+
+    Reading, polygon handling and the class mapping are ``agent.datasets``'s, the same code
+    ``mclz-agent model eval`` reads a dataset with. Objects of unknown classes are counted and
+    skipped. Fills ``stats`` per source.
+    """
     items: list[tuple[str, Path, list[Box]]] = []
-    fm = shared / "facemask"
-    for xml_path in sorted((fm / "annotations").glob("*.xml")):
-        st = stats["facemask"]
-        img = fm / "images" / f"{xml_path.stem}.jpg"
-        if not img.is_file():
-            st.missing += 1
-            st.note(f"{xml_path.name}: image missing")
-            continue
-        boxes = read_voc(xml_path, st)
-        if boxes is not None:
-            items.append(("facemask", img, boxes))
-    hc = shared / "headcover"
-    for img in sorted((hc / "images").glob("*.jpg")):
-        st = stats["headcover"]
-        txt = hc / "labels" / f"{img.stem}.txt"
-        if not txt.is_file():
-            st.missing += 1
-            st.note(f"{img.name}: label file missing, kept as background")
-            boxes = []
-        else:
-            boxes = read_yolo(txt, st)
-        items.append(("headcover", img, boxes))
+    for source in SOURCES:
+        try:
+            dataset = load_dataset(shared / source, ignore_unknown=True)
+        except DatasetError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        stats[source] = Stats.of(dataset)
+        for sample in dataset.samples:
+            boxes = [_to_yolo_box(b.label, b.box) for b in sample.boxes]
+            items.append((source, sample.image_path, boxes))
     return items
 
 
@@ -219,7 +124,7 @@ def _link(src: Path, dst: Path, copy: bool) -> None:
 
 def build(shared: Path, out: Path, *, repeat_rare: int, copy: bool) -> dict[str, Counter[int]]:
     """Write images, labels and ``dataset.yaml``; return per-split box counts by class."""
-    stats = {"facemask": Stats(), "headcover": Stats()}
+    stats: dict[str, Stats] = {}
     items = iter_sources(shared, stats)
     if not items:
         raise SystemExit(f"no images found under {shared}")
@@ -232,7 +137,6 @@ def build(shared: Path, out: Path, *, repeat_rare: int, copy: bool) -> dict[str,
     unique: Counter[int] = Counter()  # train boxes without the rare-class repeats
     n_images: Counter[str] = Counter()
     n_repeats = 0
-    prefix = {"facemask": "fm", "headcover": "hc"}
     for source, img, boxes in items:
         st = stats[source]
         st.images += 1
@@ -246,11 +150,11 @@ def build(shared: Path, out: Path, *, repeat_rare: int, copy: bool) -> dict[str,
             f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n" for c, cx, cy, w, h in boxes
         )
         for k in range(copies):
-            stem = f"{prefix[source]}_{img.stem}" + (f"__r{k}" if k else "")
+            stem = f"{SOURCES[source]}_{img.stem}" + (f"__r{k}" if k else "")
             img_dir, lbl_dir = out / "images" / split, out / "labels" / split
             img_dir.mkdir(parents=True, exist_ok=True)
             lbl_dir.mkdir(parents=True, exist_ok=True)
-            _link(img, img_dir / f"{stem}.jpg", copy)
+            _link(img, img_dir / f"{stem}{img.suffix}", copy)
             (lbl_dir / f"{stem}.txt").write_text(label_text)
             counts[split].update(b[0] for b in boxes)
             if split == "train" and k == 0:

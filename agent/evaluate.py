@@ -1,0 +1,398 @@
+"""Evaluation stage: run the agent's own detector over a labelled dataset and score it.
+
+Every image goes through :meth:`agent.detect.Detector.detect_batch`, the path the agent runs
+on cameras (letterbox, onnxruntime or OpenVINO, NMS), so the figures are the box's figures,
+not a training framework's. Build the detector with a very low ``conf_threshold`` (0.001):
+AP needs the whole precision-recall curve; precision and recall at the operating point are
+then read off at each class's threshold.
+
+Matching, per image and class: detections in descending confidence each take the
+highest-IoU ground-truth box of the same class not yet taken, if that IoU is at least
+``iou``; otherwise they are false positives. Ground truth left untaken is a false negative.
+Because matching goes in confidence order, counting only the detections at or above a
+threshold gives exactly the result of matching those alone.
+
+AP is the all-point interpolated area under the precision-recall curve (Pascal VOC since
+2010; ultralytics' validator samples the same curve at 101 recall points by default, so its
+figures differ in the third decimal). Detections with equal confidence form one point of the
+curve, so the result does not depend on the order of tied detections.
+
+Only the dataset's ``labelled_classes`` are scored: a face dataset says nothing about heads,
+so head detections on it are neither true nor false positives.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from agent.datasets import Dataset, LabelledBox, Sample
+from agent.detect import Detection, Detector
+from agent.rules import DEFAULT_MIN_CONFIDENCE
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IOU: Final = 0.5
+DEFAULT_BATCH: Final = 8
+#: Threshold for a label the manifest gives none: the one the rule engine applies then.
+DEFAULT_THRESHOLD: Final = DEFAULT_MIN_CONFIDENCE
+
+Progress = Callable[[int, int], None]  # (images done, images in all)
+
+
+@dataclass(frozen=True)
+class ClassResult:
+    """Scores of one agent class; ``None`` where a ratio has nothing to divide by."""
+
+    label: str
+    threshold: float
+    gt: int  # ground-truth boxes
+    detections: int  # detections at any confidence the detector returned
+    tp: int  # at the threshold
+    fp: int
+    fn: int
+    precision: float | None  # None: no detection at the threshold
+    recall: float | None  # None: no ground truth
+    ap: float | None  # None: no ground truth
+
+
+@dataclass(frozen=True)
+class ViolationResult:
+    """Pooled counts of the labels that are one violation type, each at its own threshold."""
+
+    violation: str
+    labels: tuple[str, ...]
+    gt: int
+    tp: int
+    fp: int
+    fn: int
+    precision: float | None
+    recall: float | None
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """The result of :func:`evaluate`."""
+
+    dataset: str
+    layout: str
+    model: str
+    backend: str
+    images: int
+    iou: float
+    classes: tuple[ClassResult, ...]
+    violations: tuple[ViolationResult, ...]
+    seconds: float  # the whole run: decoding, inference, matching
+    detect_seconds: float  # inside Detector.detect_batch: pre-processing, inference, NMS
+    batch: int
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def map(self) -> float | None:
+        """Mean AP over the classes that have ground truth; None when none has."""
+        aps = [c.ap for c in self.classes if c.ap is not None]
+        return sum(aps) / len(aps) if aps else None
+
+    @property
+    def images_per_s(self) -> float:
+        """Images per second over the whole run, decoding included."""
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ms_per_image(self) -> float:
+        """Milliseconds of detection per image (pre-processing, inference, NMS)."""
+        return 1000.0 * self.detect_seconds / self.images if self.images else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json``: fields plus ``map``, ``images_per_s``, ``ms_per_image``."""
+        data: dict[str, Any] = _plain(asdict(self))
+        data["map"] = self.map
+        data["images_per_s"] = self.images_per_s
+        data["ms_per_image"] = self.ms_per_image
+        return data
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively, so ``to_dict`` equals its own JSON round trip."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def box_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """IoU of every box in ``a`` ([N, 4] x1 y1 x2 y2) with every box in ``b`` ([M, 4])."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def match_image(
+    detections: Sequence[Detection], truth: Sequence[LabelledBox], label: str, *, iou: float
+) -> list[tuple[float, bool]]:
+    """Match one image's detections of ``label`` to its ground truth of ``label``.
+
+    Returns (confidence, is true positive) per detection of the class, best first.
+    """
+    dets = sorted((d for d in detections if d.label == label), key=lambda d: -d.confidence)
+    gts = [t.box for t in truth if t.label == label]
+    if not dets:
+        return []
+    if not gts:
+        return [(d.confidence, False) for d in dets]
+    ious = box_iou(
+        np.array([d.box for d in dets], dtype=np.float64), np.array(gts, dtype=np.float64)
+    )
+    taken = np.zeros(len(gts), dtype=bool)
+    out: list[tuple[float, bool]] = []
+    for i, det in enumerate(dets):
+        candidates = np.flatnonzero(~taken & (ious[i] >= iou))
+        if candidates.size:
+            taken[candidates[np.argmax(ious[i, candidates])]] = True
+        out.append((det.confidence, bool(candidates.size)))
+    return out
+
+
+def average_precision(confidences: Sequence[float], hits: Sequence[bool], n_truth: int) -> float:
+    """All-point interpolated AP of detections (confidence, true positive) against ``n_truth``.
+
+    Tied confidences are one point of the curve. Returns 0.0 without detections.
+
+    Raises:
+        ValueError: ``n_truth`` is not positive, or the sequences differ in length.
+    """
+    if n_truth <= 0:
+        raise ValueError(f"n_truth must be positive, not {n_truth}")
+    if len(confidences) != len(hits):
+        raise ValueError("confidences and hits differ in length")
+    if not confidences:
+        return 0.0
+    conf = np.asarray(confidences, dtype=np.float64)
+    order = np.argsort(-conf, kind="stable")
+    conf = conf[order]
+    tp = np.cumsum(np.asarray(hits, dtype=np.float64)[order])
+    fp = np.arange(1, len(conf) + 1, dtype=np.float64) - tp
+    # One point per distinct confidence: the last detection of each run of equal values.
+    last = np.flatnonzero(np.append(conf[1:] != conf[:-1], True))
+    recall = tp[last] / n_truth
+    precision = tp[last] / (tp[last] + fp[last])
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.diff(np.concatenate(([0.0], recall)))
+    return float(np.sum(steps * envelope))
+
+
+def _class_result(
+    label: str, threshold: float, matches: list[tuple[float, bool]], gt: int
+) -> ClassResult:
+    tp = sum(1 for conf, hit in matches if hit and conf >= threshold)
+    fp = sum(1 for conf, hit in matches if not hit and conf >= threshold)
+    ap = average_precision([c for c, _ in matches], [h for _, h in matches], gt) if gt else None
+    return ClassResult(
+        label=label,
+        threshold=threshold,
+        gt=gt,
+        detections=len(matches),
+        tp=tp,
+        fp=fp,
+        fn=gt - tp,
+        precision=_ratio(tp, tp + fp),
+        recall=_ratio(tp, gt),
+        ap=ap,
+    )
+
+
+def _violation_results(
+    classes: Sequence[ClassResult], violations: Mapping[str, str]
+) -> tuple[ViolationResult, ...]:
+    by_label = {c.label: c for c in classes}
+    kinds: dict[str, list[ClassResult]] = {}
+    for label, kind in violations.items():
+        if label in by_label:
+            kinds.setdefault(kind, []).append(by_label[label])
+    results = []
+    for kind, members in kinds.items():
+        tp = sum(c.tp for c in members)
+        fp = sum(c.fp for c in members)
+        gt = sum(c.gt for c in members)
+        results.append(
+            ViolationResult(
+                violation=kind,
+                labels=tuple(c.label for c in members),
+                gt=gt,
+                tp=tp,
+                fp=fp,
+                fn=gt - tp,
+                precision=_ratio(tp, tp + fp),
+                recall=_ratio(tp, gt),
+            )
+        )
+    return tuple(sorted(results, key=lambda r: r.violation))
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _read(sample: Sample, problems: list[str]) -> npt.NDArray[np.uint8] | None:
+    image = cv2.imread(str(sample.image_path), cv2.IMREAD_COLOR)
+    if image is None:
+        problems.append(f"{sample.image_path}: cannot decode the image; left out")
+        return None
+    if sample.image_size is not None:
+        height, width = image.shape[:2]
+        if (width, height) != sample.image_size:
+            stated = f"{sample.image_size[0]}x{sample.image_size[1]}"
+            problems.append(
+                f"{sample.image_path}: image is {width}x{height}, its annotation says {stated}"
+            )
+    return np.asarray(image, dtype=np.uint8)
+
+
+def evaluate(
+    detector: Detector,
+    dataset: Dataset,
+    *,
+    thresholds: Mapping[str, float],
+    violations: Mapping[str, str],
+    iou: float = DEFAULT_IOU,
+    default_threshold: float = DEFAULT_THRESHOLD,
+    batch: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
+) -> EvalReport:
+    """Detect on every image of ``dataset`` and score the dataset's labelled classes.
+
+    ``thresholds`` gives each label's operating threshold (``default_threshold`` for labels
+    it lacks); ``violations`` maps labels to violation types for the pooled figures. Images
+    that cannot be decoded are left out and listed in the report's problems.
+
+    Raises:
+        ValueError: ``iou`` is not in (0, 1] or ``batch`` is below 1.
+        ModelError: inference failed.
+    """
+    if not 0.0 < iou <= 1.0:
+        raise ValueError(f"iou must be in (0, 1], not {iou!r}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, not {batch!r}")
+    labelled = dataset.labelled_classes
+    problems = [str(p) for p in dataset.problems]
+    missing = [label for label in labelled if label not in detector.labels]
+    if missing:
+        problems.append(f"the model has no class {', '.join(missing)}: their AP is 0")
+    matches: dict[str, list[tuple[float, bool]]] = {label: [] for label in labelled}
+    gt_counts = dict.fromkeys(labelled, 0)
+    done = 0
+    detect_seconds = 0.0
+    started = time.perf_counter()
+    samples = dataset.samples
+    for start in range(0, len(samples), batch):
+        part: list[tuple[Sample, npt.NDArray[np.uint8]]] = []
+        for sample in samples[start : start + batch]:
+            image = _read(sample, problems)
+            if image is not None:
+                part.append((sample, image))
+        t0 = time.perf_counter()
+        results = detector.detect_batch([image for _, image in part])
+        detect_seconds += time.perf_counter() - t0
+        for (sample, _), detections in zip(part, results, strict=True):
+            for label in labelled:
+                gt_counts[label] += sum(1 for b in sample.boxes if b.label == label)
+                matches[label].extend(match_image(detections, sample.boxes, label, iou=iou))
+        done += len(part)
+        if progress is not None:
+            progress(min(start + batch, len(samples)), len(samples))
+    seconds = time.perf_counter() - started
+    classes = tuple(
+        _class_result(label, thresholds.get(label, default_threshold), matches[label], gt)
+        for label, gt in gt_counts.items()
+    )
+    package = detector.package
+    report = EvalReport(
+        dataset=str(dataset.root),
+        layout=dataset.layout,
+        model=f"{package.name} {package.version}",
+        backend=detector.backend_name,
+        images=done,
+        iou=iou,
+        classes=classes,
+        violations=_violation_results(classes, violations),
+        seconds=seconds,
+        detect_seconds=detect_seconds,
+        batch=batch,
+        problems=tuple(problems),
+    )
+    logger.info(
+        "evaluated %s on %d images of %s in %.1f s", report.model, done, report.dataset, seconds
+    )
+    return report
+
+
+# --------------------------------------------------------------------------- text output
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def render_report(report: EvalReport, *, max_problems: int = 10) -> str:
+    """The report as text tables: per class, per violation type, timing, problems."""
+    ap_name = "AP50" if abs(report.iou - 0.5) < 1e-9 else f"AP@{report.iou:.2f}"
+    lines = [
+        f"dataset  {report.dataset} ({report.layout}, {report.images} images)",
+        f"model    {report.model} ({report.backend}), match at IoU >= {report.iou:.2f}",
+        "",
+        f"{'class':<18} {'thresh':>6} {'gt':>6} {'tp':>6} {'fp':>6} {'fn':>6} "
+        f"{'precision':>9} {'recall':>6} {ap_name:>7}",
+    ]
+    for c in report.classes:
+        lines.append(
+            f"{c.label:<18} {c.threshold:>6.2f} {c.gt:>6} {c.tp:>6} {c.fp:>6} {c.fn:>6} "
+            f"{_fmt(c.precision):>9} {_fmt(c.recall):>6} {_fmt(c.ap):>7}"
+        )
+    scored = sum(1 for c in report.classes if c.ap is not None)
+    lines.append(f"{'mean ' + ap_name + f' ({scored} classes)':<72} {_fmt(report.map):>7}")
+    lines.append("")
+    if report.violations:
+        lines.append(
+            f"{'violation':<12} {'labels':<26} {'gt':>6} {'tp':>6} {'fp':>6} {'fn':>6} "
+            f"{'precision':>9} {'recall':>6}"
+        )
+        for v in report.violations:
+            lines.append(
+                f"{v.violation:<12} {','.join(v.labels):<26} {v.gt:>6} {v.tp:>6} {v.fp:>6} "
+                f"{v.fn:>6} {_fmt(v.precision):>9} {_fmt(v.recall):>6}"
+            )
+    else:
+        lines.append(
+            "violation types: none scored (the manifest maps no labelled class to a violation)"
+        )
+    lines.append("")
+    lines.append(
+        f"{report.images} images in {report.seconds:.1f} s: {report.images_per_s:.1f} images/s; "
+        f"detection {report.ms_per_image:.1f} ms/image (batch {report.batch})"
+    )
+    if report.problems:
+        lines.append(f"problems ({len(report.problems)}):")
+        lines.extend(f"  {p}" for p in report.problems[:max_problems])
+        if len(report.problems) > max_problems:
+            lines.append(f"  ... and {len(report.problems) - max_problems} more (see --json)")
+    return "\n".join(lines)

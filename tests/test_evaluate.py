@@ -1,0 +1,374 @@
+"""Tests for agent.evaluate: real inference with the synthetic pattern model on drawn images.
+
+The pattern model fires on solid magenta (head_bare) and cyan (face_no_mask) squares; a dimmer
+magenta gives a lower confidence (255 -> 0.95, 178 -> ~0.60, 168 -> ~0.31), which lets a test
+lay out a precision-recall curve whose AP can be worked out by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from synthetic_model import DEFAULT_LABELS, build_pattern_model
+from typer.testing import CliRunner
+
+from agent.cli import app
+from agent.datasets import LabelledBox, load_dataset
+from agent.detect import Detection, Detector, load_model_package, write_manifest
+from agent.evaluate import (
+    EvalReport,
+    average_precision,
+    evaluate,
+    match_image,
+    render_report,
+)
+
+Image = npt.NDArray[np.uint8]
+WIDTH, HEIGHT = 400, 300
+SQUARE = (150, 100, 230, 180)  # x0, y0, x1, y1 in pixels
+SQUARE_BOX = (150 / WIDTH, 100 / HEIGHT, 230 / WIDTH, 180 / HEIGHT)
+THRESHOLDS = {"head_bare": 0.5, "face_no_mask": 0.5}
+VIOLATIONS = {"head_bare": "no_hat", "face_no_mask": "no_mask"}
+
+runner = CliRunner()
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def package_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pattern model with per-label thresholds and violation types in its manifest."""
+    out = build_pattern_model(tmp_path_factory.mktemp("pattern-model"))
+    write_manifest(
+        out,
+        name="mclz-synthetic-pattern",
+        version="0.0.1",
+        onnx_file="model.onnx",
+        labels=DEFAULT_LABELS,
+        input_width=320,
+        input_height=320,
+        violations=VIOLATIONS,
+        thresholds=THRESHOLDS,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def detector(package_dir: Path) -> Detector:
+    return Detector(load_model_package(package_dir), conf_threshold=0.001, max_detections=300)
+
+
+def background(seed: int) -> Image:
+    """Grey texture with a little colour noise: nothing the pattern model reacts to."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(40, 200, (HEIGHT // 10 + 1, WIDTH // 10 + 1), dtype=np.uint8)
+    smooth = cv2.resize(base, (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR)
+    noise = rng.integers(-12, 13, (HEIGHT, WIDTH, 3), dtype=np.int16)
+    noisy = smooth[:, :, None].astype(np.int16) + noise
+    image: Image = np.clip(noisy, 0, 255).astype(np.uint8)
+    return image
+
+
+def draw(seed: int, colour_bgr: tuple[int, int, int] | None) -> Image:
+    image = background(seed)
+    if colour_bgr is not None:
+        x0, y0, x1, y1 = SQUARE
+        image[y0:y1, x0:x1] = colour_bgr
+    return image
+
+
+def magenta(level: int) -> tuple[int, int, int]:
+    return (level, 0, level)
+
+
+CYAN = (255, 255, 0)
+YOLO_LINE = "{cls} 0.475 0.466667 0.2 0.266667\n"  # SQUARE as centre and size
+
+
+@pytest.fixture
+def yolo_dataset(tmp_path: Path) -> Path:
+    """A YOLO folder counted by hand (classes.txt: the model's own labels, ids 0-3).
+
+    a: bright magenta, labelled head_bare          -> head_bare TP at 0.95
+    b: dim magenta, no label                       -> head_bare FP at ~0.60
+    c: faint magenta, labelled head_bare           -> head_bare TP at ~0.31 (below 0.5)
+    d: nothing drawn, labelled head_bare           -> head_bare FN
+    e: background, empty label file                -> nothing
+    f: cyan labelled face_no_mask, plus head_covered and face_mask labels with nothing drawn
+                                                   -> face_no_mask TP; head_covered, face_mask FN
+    """
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "classes.txt").write_text("".join(f"{n}\n" for n in DEFAULT_LABELS))
+    head_bare, face_no_mask, head_covered, face_mask = range(4)
+    cases = {
+        "a": (magenta(255), YOLO_LINE.format(cls=head_bare)),
+        "b": (magenta(178), ""),
+        "c": (magenta(168), YOLO_LINE.format(cls=head_bare)),
+        "d": (None, YOLO_LINE.format(cls=head_bare)),
+        "e": (None, ""),
+        "f": (
+            CYAN,
+            YOLO_LINE.format(cls=face_no_mask)
+            + f"{head_covered} 0.2 0.2 0.1 0.1\n{face_mask} 0.8 0.8 0.1 0.1\n",
+        ),
+    }
+    for seed, (stem, (colour, label)) in enumerate(cases.items()):
+        cv2.imwrite(str(root / "images" / f"{stem}.png"), draw(seed, colour))
+        (root / "labels" / f"{stem}.txt").write_text(label)
+    return root
+
+
+@pytest.fixture
+def voc_dataset(tmp_path: Path) -> Path:
+    """A VOC folder (JPEG images) counted by hand; only the face classes are labelled.
+
+    v1: cyan, without_mask                       -> face_no_mask TP
+    v2: cyan, mask_weared_incorrect              -> face_no_mask TP
+    v3: magenta (not a labelled class), with_mask elsewhere -> face_mask FN; magenta ignored
+    v4: nothing drawn, without_mask              -> face_no_mask FN
+    v5: cyan, no object                          -> face_no_mask FP
+    """
+    root = tmp_path / "voc"
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    cases: dict[str, tuple[tuple[int, int, int] | None, list[tuple[str, tuple[int, ...]]]]] = {
+        "v1": (CYAN, [("without_mask", SQUARE)]),
+        "v2": (CYAN, [("mask_weared_incorrect", SQUARE)]),
+        "v3": (magenta(255), [("with_mask", (10, 10, 60, 60))]),
+        "v4": (None, [("without_mask", SQUARE)]),
+        "v5": (CYAN, []),
+    }
+    for seed, (stem, (colour, objects)) in enumerate(cases.items()):
+        cv2.imwrite(
+            str(root / "images" / f"{stem}.jpg"),
+            draw(seed, colour),
+            [cv2.IMWRITE_JPEG_QUALITY, 95],
+        )
+        objs = "".join(
+            f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin>"
+            f"<ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+            for name, b in objects
+        )
+        (root / "annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.jpg</filename><size><width>{WIDTH}</width>"
+            f"<height>{HEIGHT}</height><depth>3</depth></size>{objs}</annotation>"
+        )
+    return root
+
+
+def by_label(report: EvalReport) -> dict[str, tuple[object, ...]]:
+    return {c.label: (c.gt, c.tp, c.fp, c.fn, c.precision, c.recall, c.ap) for c in report.classes}
+
+
+# --------------------------------------------------------------------------- hand counts
+
+
+def test_yolo_folder_scores_match_the_hand_count(detector: Detector, yolo_dataset: Path) -> None:
+    """TP/FP/FN, precision and recall at the thresholds, and AP50, equal the hand count.
+
+    head_bare, gt 3: detections 0.95 TP, 0.60 FP, 0.31 TP. At 0.5: TP 1, FP 1, FN 2.
+    Curve points (R, P): (1/3, 1), (1/3, 1/2), (2/3, 2/3) -> AP = 1/3 * 1 + 1/3 * 2/3 = 5/9.
+    """
+    report = evaluate(
+        detector, load_dataset(yolo_dataset), thresholds=THRESHOLDS, violations=VIOLATIONS
+    )
+    assert report.images == 6
+    assert [c.label for c in report.classes] == [
+        "face_mask",
+        "face_no_mask",
+        "head_covered",
+        "head_bare",
+    ]
+    got = by_label(report)
+    assert got["head_bare"] == (3, 1, 1, 2, 0.5, pytest.approx(1 / 3), pytest.approx(5 / 9))
+    assert got["face_no_mask"] == (1, 1, 0, 0, 1.0, 1.0, pytest.approx(1.0))
+    assert got["head_covered"] == (1, 0, 0, 1, None, 0.0, 0.0)
+    assert got["face_mask"] == (1, 0, 0, 1, None, 0.0, 0.0)
+    assert report.map == pytest.approx((5 / 9 + 1) / 4)
+    assert {c.label: c.detections for c in report.classes}["head_bare"] == 3
+    violations = {v.violation: (v.labels, v.gt, v.tp, v.fp, v.fn) for v in report.violations}
+    assert violations == {
+        "no_hat": (("head_bare",), 3, 1, 1, 2),
+        "no_mask": (("face_no_mask",), 1, 1, 0, 0),
+    }
+
+
+def test_thresholds_move_the_operating_point_not_the_ap(
+    detector: Detector, yolo_dataset: Path
+) -> None:
+    """At 0.3 the faint square counts too (TP 2, FP 1, FN 1); AP does not depend on it."""
+    report = evaluate(
+        detector, load_dataset(yolo_dataset), thresholds={"head_bare": 0.3}, violations={}
+    )
+    got = by_label(report)["head_bare"]
+    assert got == (3, 2, 1, 1, pytest.approx(2 / 3), pytest.approx(2 / 3), pytest.approx(5 / 9))
+    assert report.violations == ()
+    # Labels without a threshold use the default (0.5): the 0.95 cyan square still counts.
+    assert {c.label: c.threshold for c in report.classes}["face_no_mask"] == 0.5
+
+
+def test_voc_folder_counts_only_the_face_classes(detector: Detector, voc_dataset: Path) -> None:
+    """VOC names map to face classes; the magenta head on v3 is neither TP nor FP.
+
+    face_no_mask, gt 3 (v1, v2, v4): three detections all at 0.95, v1 and v2 TP, v5 FP: one
+    curve point (2/3, 2/3) -> AP = 4/9. face_mask: gt 1, no detection -> AP 0.
+    """
+    report = evaluate(
+        detector, load_dataset(voc_dataset), thresholds=THRESHOLDS, violations=VIOLATIONS
+    )
+    got = by_label(report)
+    assert list(got) == ["face_mask", "face_no_mask"]
+    assert got["face_no_mask"] == (
+        3,
+        2,
+        1,
+        1,
+        pytest.approx(2 / 3),
+        pytest.approx(2 / 3),
+        pytest.approx(4 / 9),
+    )
+    assert got["face_mask"] == (1, 0, 0, 1, None, 0.0, 0.0)
+    assert [v.violation for v in report.violations] == ["no_mask"]  # no_hat: heads unlabelled
+    assert report.problems == ()
+
+
+def test_report_renders_as_tables(detector: Detector, yolo_dataset: Path) -> None:
+    """The text report has a row per class and per violation type, and the timing line."""
+    report = evaluate(
+        detector, load_dataset(yolo_dataset), thresholds=THRESHOLDS, violations=VIOLATIONS
+    )
+    text = render_report(report)
+    assert "AP50" in text
+    head = next(line for line in text.splitlines() if line.startswith("head_bare "))
+    assert head.split() == ["head_bare", "0.50", "3", "1", "1", "2", "0.500", "0.333", "0.556"]
+    assert any(line.startswith("no_hat ") for line in text.splitlines())
+    assert "6 images in" in text
+    assert report.images_per_s > 0
+    assert report.ms_per_image > 0
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_cli_json_gives_the_same_numbers(
+    package_dir: Path, detector: Detector, yolo_dataset: Path
+) -> None:
+    """model eval --json prints only JSON, with the figures evaluate() gives."""
+    result = runner.invoke(
+        app,
+        [
+            *("model", "eval", "--data", str(yolo_dataset), "--model", str(package_dir)),
+            *("--json", "--threads", "1"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    expected = evaluate(
+        detector, load_dataset(yolo_dataset), thresholds=THRESHOLDS, violations=VIOLATIONS
+    ).to_dict()
+    assert data["classes"] == expected["classes"]
+    assert data["violations"] == expected["violations"]
+    assert data["map"] == pytest.approx(expected["map"])
+    assert data["images"] == 6
+
+
+def test_cli_table_and_conf_override(package_dir: Path, voc_dataset: Path) -> None:
+    """The text output has the class table; --conf applies one threshold to every class."""
+    result = runner.invoke(
+        app,
+        [
+            *("model", "eval", "--data", str(voc_dataset), "--model", str(package_dir)),
+            *("--conf", "0.99"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if line.startswith("face_no_mask "))
+    assert row.split()[:6] == ["face_no_mask", "0.99", "3", "0", "0", "3"]
+
+
+def test_cli_bad_folder_exits_2(package_dir: Path, tmp_path: Path) -> None:
+    """A folder that is no dataset exits 2 with a message naming it and the expected layout."""
+    (tmp_path / "images").mkdir()
+    result = runner.invoke(
+        app, ["model", "eval", "--data", str(tmp_path), "--model", str(package_dir)]
+    )
+    assert result.exit_code == 2
+    assert f"error: {tmp_path}: not a labelled dataset" in result.stderr
+    assert "annotations/" in result.stderr
+    assert "labels/" in result.stderr
+
+
+def test_cli_bad_model_exits_3(yolo_dataset: Path, tmp_path: Path) -> None:
+    """A missing model package exits 3."""
+    result = runner.invoke(
+        app, ["model", "eval", "--data", str(yolo_dataset), "--model", str(tmp_path / "none")]
+    )
+    assert result.exit_code == 3
+    assert "model package directory not found" in result.stderr
+
+
+# --------------------------------------------------------------------------- metric functions
+
+
+def test_average_precision_of_a_worked_example() -> None:
+    """Ranks T F T F T against 4 ground truths: (1/4)*1 + (1/4)*(2/3) + (1/4)*(3/5)."""
+    ap = average_precision([0.9, 0.8, 0.7, 0.6, 0.5], [True, False, True, False, True], 4)
+    assert ap == pytest.approx(0.25 + 0.25 * 2 / 3 + 0.25 * 3 / 5)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0.2, 0.4, 0.6, 0.8]), st.booleans()), min_size=1, max_size=12
+    ),
+    st.integers(0, 5),
+    st.randoms(use_true_random=False),
+)
+def test_average_precision_ignores_input_order(
+    detections: list[tuple[float, bool]], extra_truth: int, rnd: random.Random
+) -> None:
+    """AP depends on the detections, not their order (ties included), and lies in 0..1."""
+    n_truth = sum(hit for _, hit in detections) + extra_truth or 1
+    shuffled = detections[:]
+    rnd.shuffle(shuffled)
+    first = average_precision([c for c, _ in detections], [h for _, h in detections], n_truth)
+    second = average_precision([c for c, _ in shuffled], [h for _, h in shuffled], n_truth)
+    assert first == pytest.approx(second)
+    assert 0.0 <= first <= 1.0
+
+
+def test_perfect_ranking_gives_ap_equal_to_recall() -> None:
+    """All hits above all misses: AP is the recall reached (1.0 when every box is found)."""
+    assert average_precision([0.9, 0.8, 0.1], [True, True, False], 2) == pytest.approx(1.0)
+    assert average_precision([0.9, 0.8, 0.1], [True, True, False], 4) == pytest.approx(0.5)
+
+
+def test_matching_takes_the_highest_iou_box_not_yet_taken() -> None:
+    """The best detection takes its highest-IoU box; the next takes the one left, if >= IoU."""
+    truth = [
+        LabelledBox("head_bare", (0.0, 0.0, 0.4, 0.4)),
+        LabelledBox("head_bare", (0.1, 0.0, 0.5, 0.4)),
+        LabelledBox("face_mask", (0.1, 0.0, 0.5, 0.4)),
+    ]
+    dets = [
+        Detection("head_bare", 3, 0.7, (0.0, 0.0, 0.4, 0.4)),  # IoU 0.6 with the second box
+        Detection("head_bare", 3, 0.9, (0.1, 0.0, 0.5, 0.4)),  # exactly the second box
+        Detection("head_bare", 3, 0.5, (0.1, 0.0, 0.5, 0.4)),  # second box already taken
+    ]
+    assert match_image(dets, truth, "head_bare", iou=0.5) == [
+        (0.9, True),
+        (0.7, True),
+        (0.5, False),
+    ]
+    assert match_image(dets, truth, "face_mask", iou=0.5) == []
