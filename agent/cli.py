@@ -99,6 +99,9 @@ def run(
 
     try:
         cfg = load_config(config)
+        problems = check_secrets(cfg)
+        if problems:  # fail at start, not later in a camera thread's retry loop
+            raise ConfigError(f"{config}: {len(problems)} secret(s) cannot be read", problems)
         setup_logging(cfg.logging)
         run_agent(cfg, duration)
     except AgentError as exc:

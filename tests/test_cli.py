@@ -124,3 +124,17 @@ def test_missing_config_exit_code_and_message() -> None:
 def test_unknown_command_is_a_usage_error() -> None:
     """Typos in commands exit 2 (usage), as for any CLI."""
     assert runner.invoke(app, ["frobnicate"]).exit_code == 2
+
+
+def test_run_refuses_to_start_with_an_unreadable_secret(tmp_path: Path) -> None:
+    """run checks every secret first: exit 2 naming the config path, before opening anything."""
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        "identity: {city: hz, school_id: s1, box_id: b1}\n"
+        f"storage: {{state_dir: {tmp_path / 'state'}}}\n"
+        "cameras:\n  k1:\n    url: rtsp://u@cam/x\n    password: {env: MCLZ_TEST_UNSET}\n"
+    )
+    result = runner.invoke(app, ["run", "--config", str(cfg)], env={"MCLZ_TEST_UNSET": None})
+    assert result.exit_code == 2
+    assert "cameras.k1.password: environment variable MCLZ_TEST_UNSET is not set" in result.output
+    assert not (tmp_path / "state").exists()
