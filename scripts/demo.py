@@ -155,7 +155,9 @@ def main() -> int:
                 print(f"[{stamp(msg.received_at)}] {describe(msg, root)}", flush=True)
             shown = len(messages)
             if agent.poll() is not None:
-                print(f"\nthe agent exited early with code {agent.returncode}; see {log_path}")
+                print(f"\nthe agent exited early with code {agent.returncode}; its log ends:")
+                tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-8:]
+                print("\n".join(f"  {line}" for line in tail))
                 break
     finally:
         if agent.poll() is None:
@@ -215,8 +217,10 @@ def summarize(
         print(
             f"  {alert['ts']}  {alert['type']:<10} {alert['camera']}  evidence: {where or '(none)'}"
         )
-    if not alerts:
+    if not alerts and exit_code == 0:
         print("  (none: the model saw no violation that lasted min_duration in this run)")
+    elif not alerts:
+        print("  (none: the agent did not run normally; see its log)")
     print(f"\n== agent exit code {exit_code}, shutdown took {shutdown_s:.1f} s")
     if rusage is not None:
         cpu = rusage.ru_utime + rusage.ru_stime
