@@ -197,8 +197,7 @@ class CameraReader:
         self._started_mono = time.monotonic()
         self._last_frame_mono: float | None = None
         self._last_emit_mono: float | None = None
-        self._last_packet_mono: float | None = None
-        self._fps_window: collections.deque[float] = collections.deque(maxlen=256)
+        self._fps_window: collections.deque[float] = collections.deque(maxlen=1024)
         self._backoff = Backoff()
         self._interrupted = False  # a session failed since the last frame
         self._thread = threading.Thread(target=self._run, name=f"ingest-{camera_id}", daemon=True)
@@ -405,7 +404,6 @@ class CameraReader:
             pts = float(packet.pts * time_base) if packet.pts is not None else None
             with self._lock:
                 self.stats.packets += 1
-                self._last_packet_mono = mono
                 self._fps_window.append(mono)
             if packet.is_keyframe:
                 with self._lock:
