@@ -148,7 +148,10 @@ class Agent:
                 slot=slot,
                 on_transition=self._on_transition,
             )
+        # Alerts that could not be committed (disk full), oldest first, retried by health.
         self._unstored: list[tuple[AlertRecord, bytes]] = []
+        self._unstored_lock = threading.Lock()
+        self.alerts_dropped = 0
         self._heartbeat_now = threading.Event()
         self._detect_turned = time.monotonic()
         self.inferences = 0
@@ -274,8 +277,17 @@ class Agent:
             logger.error(
                 "camera %s: alert %s not stored yet, will retry: %s", alert.camera_id, alert.id, exc
             )
-            if len(self._unstored) < MAX_UNSTORED_ALERTS:
-                self._unstored.append((record, payload))
+            with self._unstored_lock:
+                if len(self._unstored) < MAX_UNSTORED_ALERTS:
+                    self._unstored.append((record, payload))
+                    return
+                self.alerts_dropped += 1
+            logger.error(
+                "camera %s: alert %s dropped: %d alerts already wait for space",
+                alert.camera_id,
+                alert.id,
+                MAX_UNSTORED_ALERTS,
+            )
             return
         logger.warning(
             "camera %s: ALERT %s (%.2f) id=%s evidence=%s",
@@ -288,15 +300,17 @@ class Agent:
         self.uplink.wake()
 
     def _retry_unstored(self) -> None:
-        while self._unstored:
-            record, payload = self._unstored[0]
-            try:
-                self.outbox.record_alert(record, self.topics.alert, payload)
-            except OutboxError as exc:
-                logger.error("%d alert(s) still not stored: %s", len(self._unstored), exc)
-                return
-            self._unstored.pop(0)
-            self.uplink.wake()
+        with self._unstored_lock:
+            while self._unstored:
+                record, payload = self._unstored[0]
+                try:
+                    self.outbox.record_alert(record, self.topics.alert, payload)
+                except OutboxError as exc:
+                    logger.error("%d alert(s) still not stored: %s", len(self._unstored), exc)
+                    return
+                self._unstored.pop(0)
+                logger.info("camera %s: alert %s stored after a retry", record.camera, record.id)
+                self.uplink.wake()
 
     # ------------------------------------------------------------------ health thread
 
@@ -373,6 +387,7 @@ class Agent:
                 "by_type": dict(self.alerts_by_type),
                 "suppressed_by_cooldown": self.rules.suppressed_by_cooldown,
                 "unstored": len(self._unstored),
+                "dropped": self.alerts_dropped,
             },
         }
 
