@@ -209,6 +209,30 @@ class MqttConfig(_Model):
         return urlsplit(self.url).port or (8883 if self.use_tls else 1883)
 
 
+class PictureConfig(_Model):
+    """Picture checks on the analysed frames: black, frozen, covered or defocused (画面遮挡)."""
+
+    enabled: bool = Field(default=True, description="run the picture checks on this camera")
+    black_luma: float = Field(
+        default=20.0, ge=0, le=255, description="mean luma (0-255) below this: black picture"
+    )
+    frozen_after: Duration = Field(
+        default=300.0, ge=10, le=86400, description="identical frames this long: frozen picture"
+    )
+    sharpness_min: float = Field(
+        default=20.0,
+        ge=0,
+        le=10000,
+        description="detail (Laplacian variance at 320 px) below this: covered or defocused",
+    )
+    warn_after: Duration = Field(
+        default=60.0, ge=0, le=86400, description="black/covered this long before a warning"
+    )
+    clear_after: Duration = Field(
+        default=30.0, ge=0, le=86400, description="condition gone this long before it clears"
+    )
+
+
 class CameraConfig(_Model):
     """One camera: where its stream is and how often to look at it."""
 
@@ -236,6 +260,9 @@ class CameraConfig(_Model):
         default=60.0, ge=0, le=3600, description="no frame this long: report the camera offline"
     )
     loop: bool = Field(default=False, description="file sources only: replay from the start at end")
+    picture: PictureConfig = Field(
+        default_factory=PictureConfig, description="black / frozen / covered picture checks"
+    )
 
     @field_validator("url")
     @classmethod

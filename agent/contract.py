@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -29,6 +30,7 @@ from agent import __version__
 from agent.config import AgentConfig
 from agent.evidence import Evidence
 from agent.ingest import Transition
+from agent.outbox import Outage
 from agent.rules import Alert
 
 SCHEMA_VERSION = 1
@@ -88,25 +90,53 @@ def _box(config: AgentConfig) -> dict[str, str]:
 
 
 def camera_status(
-    config: AgentConfig, msg_id: str, transition: Transition, health: dict[str, Any]
+    config: AgentConfig,
+    msg_id: str,
+    camera_id: str,
+    health: dict[str, Any],
+    *,
+    now: float,
+    transition: Transition | None = None,
+    outage: Outage | None = None,
+    picture: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Payload of ``camera/<id>/status`` for a state transition."""
-    camera = config.cameras[transition.camera_id]
-    return {
+    """Payload of ``camera/<id>/status``: on a state change (``transition``) or a refresh."""
+    camera = config.cameras[camera_id]
+    state = health["state"] if transition is None else transition.new.value
+    body: dict[str, Any] = {
         "v": SCHEMA_VERSION,
         "id": msg_id,
-        "ts": utc_iso(transition.wall),
+        "ts": utc_iso(now),
         "box": _box(config),
-        "camera": transition.camera_id,
+        "camera": camera_id,
         "name": camera.name,
-        "state": transition.new.value,
-        "previous": transition.old.value,
-        "since": utc_iso(transition.wall),
-        "reason": transition.reason,
+        "state": state,
+        "previous": state if transition is None else transition.old.value,
+        "since": utc_iso(health["since"] if transition is None else transition.wall),
+        "reason": "refresh" if transition is None else transition.reason,
+        "last_frame_age_s": health.get("last_frame_age_s"),
         "fps": health.get("fps", 0.0),
+        "expected_fps": health.get("expected_fps"),
+        "detect_fps": health.get("detect_fps", 0.0),
         "reconnects": health.get("reconnects", 0),
+        "reconnects_1h": health.get("reconnects_1h", 0),
+        "stalls_1h": health.get("stalls_1h", 0),
+        "decode_errors": health.get("decode_errors", 0),
+        "codec": health.get("codec", ""),
+        "width": health.get("width", 0),
+        "height": health.get("height", 0),
+        "quality": health.get("quality", "unusable"),
+        "picture": list(picture),
         "last_error_class": health.get("last_error_class", ""),
     }
+    if outage is not None:
+        body["outage"] = {
+            "since": utc_iso(outage.since),
+            "until": utc_iso(outage.until) if outage.until is not None else None,
+            "duration_s": round(outage.duration_s or 0.0, 1),
+            "reason": outage.reason,
+        }
+    return body
 
 
 def alert(

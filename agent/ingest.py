@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 120.0
 ERROR_RING = 20
+HOUR = 3600.0
+FPS_WINDOW = 5.0  # seconds of packets behind the input fps
+DETECT_FPS_WINDOW = 60.0  # seconds of analysed frames behind the detection fps
 #: A frame is due when this share of the detection interval has passed (keyframes jitter).
 DUE_FRACTION = 0.9
 
@@ -50,7 +53,17 @@ class CameraState(str, enum.Enum):
 
     CONNECTING = "connecting"
     ONLINE = "online"
+    STALLED = "stalled"  # no frame for stall_timeout, not yet offline_after
     OFFLINE = "offline"
+
+
+class Quality(str, enum.Enum):
+    """Connection-quality grade of a camera, from fps against expected, reconnects and stalls."""
+
+    EXCELLENT = "excellent"
+    FAIR = "fair"
+    POOR = "poor"
+    UNUSABLE = "unusable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +86,7 @@ class Transition:
     new: CameraState
     wall: float
     reason: str
+    last_frame_wall: float | None = None  # when the last frame before this change arrived
 
 
 class FrameSlot:
@@ -158,6 +172,10 @@ class CameraStats:
     blips: int = 0
     gop_seconds: float | None = None
     decode_mode: str = "all"
+    codec: str = ""
+    width: int = 0
+    height: int = 0
+    expected_fps: float | None = None
     last_error: str = ""
     last_error_class: str = ""
     fps: float = 0.0
@@ -197,7 +215,11 @@ class CameraReader:
         self._started_mono = time.monotonic()
         self._last_frame_mono: float | None = None
         self._last_emit_mono: float | None = None
-        self._fps_window: collections.deque[float] = collections.deque(maxlen=1024)
+        self._last_frame_wall: float | None = None
+        self._fps_window: collections.deque[float] = collections.deque(maxlen=4096)
+        self._emit_times: collections.deque[float] = collections.deque(maxlen=4096)
+        self._reconnect_times: collections.deque[float] = collections.deque(maxlen=4096)
+        self._stall_times: collections.deque[float] = collections.deque(maxlen=4096)
         self._backoff = Backoff()
         self._interrupted = False  # a session failed since the last frame
         self._thread = threading.Thread(target=self._run, name=f"ingest-{camera_id}", daemon=True)
@@ -226,22 +248,28 @@ class CameraReader:
             return self._since
 
     def tick(self, mono: float | None = None) -> Transition | None:
-        """Check the debounce timer; called about once a second by the health loop."""
+        """Advance the debounced state from the age of the last frame; called about once a second.
+
+        ``online`` turns ``stalled`` after ``stall_timeout`` without a frame and anything turns
+        ``offline`` after ``offline_after`` without one (from the start when none ever came).
+        """
         mono = time.monotonic() if mono is None else mono
+        cfg = self.config
         with self._lock:
-            window = self._fps_window
-            while window and mono - window[0] > 5.0:
-                window.popleft()
-            self.stats.fps = len(window) / 5.0 if window else 0.0
             if self._state is CameraState.OFFLINE:
                 return None
-            reference = (
-                self._last_frame_mono if self._last_frame_mono is not None else self._started_mono
-            )
-            if mono - reference < self.config.offline_after:
+            last = self._last_frame_mono
+            age = mono - (last if last is not None else self._started_mono)
+            error = self.stats.last_error_class
+            if age >= cfg.offline_after:
+                reason = error or ("stall" if last is not None else "no_frames")
+                transition = self._set_state(CameraState.OFFLINE, reason)
+            elif self._state is CameraState.ONLINE and age >= cfg.stall_timeout:
+                self.stats.stalls += 1
+                self._stall_times.append(mono)
+                transition = self._set_state(CameraState.STALLED, error or "stall")
+            else:
                 return None
-            reason = self.stats.last_error_class or "no_frames"
-            transition = self._set_state(CameraState.OFFLINE, reason)
         self._announce(transition)
         return transition
 
@@ -252,7 +280,7 @@ class CameraReader:
         old = self._state
         self._state = new
         self._since = time.time()
-        return Transition(self.camera_id, old, new, self._since, reason)
+        return Transition(self.camera_id, old, new, self._since, reason, self._last_frame_wall)
 
     def _announce(self, transition: Transition) -> None:
         logger.info(
@@ -307,6 +335,7 @@ class CameraReader:
                 logger.debug("camera %s: earlier error at %.0f: %s", self.camera_id, stamp, text)
         with self._lock:
             self.stats.reconnects += 1
+            self._reconnect_times.append(time.monotonic())
             self._interrupted = True
         return exc.had_frames if isinstance(exc, _SessionError) else False
 
@@ -360,6 +389,12 @@ class CameraReader:
             ctx = stream.codec_context
             ctx.thread_type = "SLICE"  # frame threading delays output by a frame per thread
             time_base = stream.time_base or Fraction(1, 90000)
+            rate = stream.average_rate or stream.guessed_rate
+            with self._lock:
+                self.stats.codec = ctx.name
+                self.stats.width = ctx.width
+                self.stats.height = ctx.height
+                self.stats.expected_fps = float(rate) if rate else None
             logger.info(
                 "camera %s: opened %s (%s %dx%d)",
                 self.camera_id,
@@ -372,9 +407,6 @@ class CameraReader:
         except (av.error.FFmpegError, OSError, EOFError) as exc:
             if self.stop.is_set():
                 return got_frame
-            if isinstance(exc, av.error.ExitError | TimeoutError):
-                with self._lock:
-                    self.stats.stalls += 1
             raise _SessionError(f"stream failed: {redact_text(str(exc))}", got_frame) from exc
         finally:
             container.close()
@@ -462,6 +494,7 @@ class CameraReader:
         with self._lock:
             self.stats.decoded += 1
             self._last_frame_mono = mono
+            self._last_frame_wall = time.time()
             if self._interrupted:
                 self._interrupted = False
                 if self._state is CameraState.ONLINE:
@@ -474,6 +507,7 @@ class CameraReader:
             )
             if due:
                 self._last_emit_mono = mono
+                self._emit_times.append(mono)
                 self.stats.analysed += 1
         if transition is not None:
             self._backoff.reset()
@@ -482,20 +516,36 @@ class CameraReader:
             image = frame.to_ndarray(format="bgr24")
             self.slot.put(Frame(self.camera_id, image, time.time(), mono, bool(frame.key_frame)))
 
-    def snapshot(self) -> dict[str, Any]:
-        """Health of this camera as plain data (for heartbeats and status)."""
+    def snapshot(self, mono: float | None = None) -> dict[str, Any]:
+        """Health of this camera as plain data (for heartbeats, status and the CLI)."""
+        mono = time.monotonic() if mono is None else mono
         with self._lock:
             s = self.stats
-            return {
+            _prune(self._fps_window, mono - FPS_WINDOW)
+            s.fps = len(self._fps_window) / min(FPS_WINDOW, max(1.0, mono - self._started_mono))
+            _prune(self._emit_times, mono - DETECT_FPS_WINDOW)
+            _prune(self._reconnect_times, mono - HOUR)
+            _prune(self._stall_times, mono - HOUR)
+            age = None if self._last_frame_mono is None else round(mono - self._last_frame_mono, 2)
+            window = min(DETECT_FPS_WINDOW, max(1e-9, mono - self._started_mono))
+            snap = {
                 "state": self._state.value,
                 "since": self._since,
+                "last_frame_age_s": age,
                 "fps": round(s.fps, 2),
+                "expected_fps": round(s.expected_fps, 2) if s.expected_fps else None,
+                "detect_fps": round(len(self._emit_times) / window, 3),
+                "codec": s.codec,
+                "width": s.width,
+                "height": s.height,
                 "packets": s.packets,
                 "decoded": s.decoded,
                 "analysed": s.analysed,
                 "dropped": self.slot.dropped,
                 "reconnects": s.reconnects,
+                "reconnects_1h": len(self._reconnect_times),
                 "stalls": s.stalls,
+                "stalls_1h": len(self._stall_times),
                 "blips": s.blips,
                 "decode_errors": s.decode_errors,
                 "decode_mode": s.decode_mode,
@@ -503,3 +553,30 @@ class CameraReader:
                 "last_error": s.last_error,
                 "last_error_class": s.last_error_class,
             }
+        snap["quality"] = grade(snap).value
+        return snap
+
+
+def _prune(times: collections.deque[float], before: float) -> None:
+    while times and times[0] < before:
+        times.popleft()
+
+
+def grade(health: dict[str, Any]) -> Quality:
+    """Grade a camera's connection from its health snapshot.
+
+    unusable: not online; poor: under 60 % of the expected frame rate, or more than two
+    reconnects or stalls in the last hour; fair: under 90 %, or any reconnect or stall in
+    the last hour; excellent otherwise. Without an expected rate (some cameras do not say),
+    only reconnects and stalls count.
+    """
+    if health["state"] != CameraState.ONLINE.value:
+        return Quality.UNUSABLE
+    expected = health.get("expected_fps")
+    ratio = health["fps"] / expected if expected else 1.0
+    troubles = health["reconnects_1h"] + health["stalls_1h"]
+    if ratio < 0.6 or troubles > 2:
+        return Quality.POOR
+    if ratio < 0.9 or troubles > 0:
+        return Quality.FAIR
+    return Quality.EXCELLENT

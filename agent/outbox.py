@@ -80,10 +80,28 @@ def _m003_counters(db: sqlite_utils.Database) -> None:
     db.table("counters").create({"name": str, "value": int}, pk="name", not_null=["value"])
 
 
+def _m004_camera_outages(db: sqlite_utils.Database) -> None:
+    db.table("camera_outages").create(
+        {
+            "id": int,
+            "camera": str,
+            "since": float,
+            "until": float,
+            "duration_s": float,
+            "reason": str,
+            "closed_by": str,
+        },
+        pk="id",
+        not_null=["camera", "since", "reason"],
+    )
+    db.table("camera_outages").create_index(["camera", "since"], index_name="outages_camera")
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("001_outbox", _m001_outbox),
     ("002_alerts", _m002_alerts),
     ("003_counters", _m003_counters),
+    ("004_camera_outages", _m004_camera_outages),
 )
 
 
@@ -115,6 +133,18 @@ class AlertRecord:
     confidence: float
     detections: list[dict[str, Any]]
     evidence_path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """A period during which a camera was reported offline."""
+
+    camera: str
+    since: float  # wall time of the last frame before the outage
+    until: float | None  # None while it lasts
+    duration_s: float | None
+    reason: str  # error class when it went offline
+    closed_by: str | None  # "frames" (the camera came back) or "agent_restart"
 
 
 class Outbox:
@@ -410,6 +440,54 @@ class Outbox:
             AlertRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "[]"), r[8])
             for r in rows
         ]
+
+    # ------------------------------------------------------------------ camera outages
+
+    def open_outage(self, camera: str, since: float, reason: str) -> None:
+        """Record that ``camera`` went offline (its last frame was at ``since``)."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO camera_outages (camera, since, reason) VALUES (?, ?, ?)",
+                (camera, since, reason),
+            )
+
+    def close_outage(self, camera: str, until: float, closed_by: str = "frames") -> Outage | None:
+        """Close the open outage of ``camera`` at ``until``; return it, or None if none was open."""
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT id, since, reason FROM camera_outages"
+                " WHERE camera = ? AND until IS NULL ORDER BY since DESC LIMIT 1",
+                (camera,),
+            ).fetchone()
+            if row is None:
+                return None
+            duration = max(0.0, until - row[1])
+            conn.execute(
+                "UPDATE camera_outages SET until = ?, duration_s = ?, closed_by = ? WHERE id = ?",
+                (until, duration, closed_by, row[0]),
+            )
+        return Outage(camera, row[1], until, duration, row[2], closed_by)
+
+    def close_open_outages(self, until: float, closed_by: str) -> int:
+        """Close every open outage (at start: the agent cannot know what happened while down)."""
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE camera_outages SET until = ?, duration_s = MAX(0, ? - since),"
+                " closed_by = ? WHERE until IS NULL",
+                (until, until, closed_by),
+            )
+            return cursor.rowcount
+
+    def outages(self, camera: str | None = None, limit: int = 100) -> list[Outage]:
+        """Recorded outages, newest first (open ones have ``until`` None)."""
+        sql = "SELECT camera, since, until, duration_s, reason, closed_by FROM camera_outages"
+        args: tuple[Any, ...] = ()
+        if camera is not None:
+            sql += " WHERE camera = ?"
+            args = (camera,)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY since DESC LIMIT ?", (*args, limit))
+            return [Outage(*row) for row in rows.fetchall()]
 
     def integrity_ok(self) -> bool:
         """Whether SQLite's full integrity check passes."""

@@ -31,8 +31,8 @@ from agent import __version__, contract, evidence
 from agent.config import AgentConfig, LoggingConfig
 from agent.detect import Detector, load_model_package
 from agent.errors import AgentError, OutboxError
-from agent.ingest import CameraReader, Frame, FrameSlot, Transition
-from agent.outbox import AlertRecord, Outbox
+from agent.ingest import CameraReader, CameraState, Frame, FrameSlot, Transition
+from agent.outbox import AlertRecord, Outage, Outbox
 from agent.redact import RedactingFilter
 from agent.rules import Alert, RuleEngine
 from agent.uplink import Uplink
@@ -111,6 +111,9 @@ class Agent:
         state_dir = config.storage.state_dir
         self.evidence_dir = state_dir / "evidence"
         self.outbox = Outbox(state_dir / "agent.db", ttl=config.storage.message_ttl)
+        closed = self.outbox.close_open_outages(self.started, "agent_restart")
+        if closed:
+            logger.info("closed %d camera outage(s) left open by the previous run", closed)
         if self.outbox.recovered_from is not None:
             logger.error(
                 "started a fresh database; the corrupt one is at %s", self.outbox.recovered_from
@@ -315,12 +318,39 @@ class Agent:
     # ------------------------------------------------------------------ health thread
 
     def _on_transition(self, transition: Transition) -> None:
-        reader = self.readers[transition.camera_id]
+        camera_id = transition.camera_id
+        outage = None
+        try:
+            if transition.new is CameraState.OFFLINE:
+                since = transition.last_frame_wall or self.started
+                self.outbox.open_outage(camera_id, since, transition.reason)
+            elif transition.old is CameraState.OFFLINE:
+                outage = self.outbox.close_outage(camera_id, transition.wall)
+        except OutboxError as exc:
+            logger.error("camera %s: outage not recorded: %s", camera_id, exc)
+        self._publish_status(camera_id, transition=transition, outage=outage)
+
+    def _publish_status(
+        self,
+        camera_id: str,
+        *,
+        transition: Transition | None = None,
+        outage: Outage | None = None,
+    ) -> None:
+        """Commit a retained camera status: on a state change, or as a periodic refresh."""
         msg_id = uuid.uuid4().hex
-        body = contract.camera_status(self.config, msg_id, transition, reader.snapshot())
+        body = contract.camera_status(
+            self.config,
+            msg_id,
+            camera_id,
+            self.readers[camera_id].snapshot(),
+            now=time.time(),
+            transition=transition,
+            outage=outage,
+        )
         try:
             self.outbox.enqueue(
-                self.topics.camera_status(transition.camera_id),
+                self.topics.camera_status(camera_id),
                 contract.encode(body),
                 kind="camera_status",
                 retain=True,
@@ -328,7 +358,7 @@ class Agent:
                 ttl=STATUS_TTL,
             )
         except OutboxError as exc:
-            logger.error("camera %s: status not stored: %s", transition.camera_id, exc)
+            logger.error("camera %s: status not stored: %s", camera_id, exc)
             return
         self.uplink.wake()
 
@@ -348,6 +378,8 @@ class Agent:
                 if now >= next_beat or self._heartbeat_now.is_set():
                     self._heartbeat_now.clear()
                     self.send_heartbeat()
+                    for camera_id in self.readers:  # fresh fps, quality, frame age
+                        self._publish_status(camera_id)
                     next_beat = now + interval
                 if now >= next_expire:
                     next_expire = now + EXPIRE_EVERY

@@ -431,3 +431,65 @@ def test_full_disk_keeps_the_alert_until_space_returns(
     assert json.loads(got[0].payload)["type"] == "no_hat"
     code, _ = agent.terminate()
     assert code == 0, agent.log[-3000:]
+
+
+def test_camera_outage_is_reported_recorded_and_spares_other_cameras(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    mqtt_collector: CollectorFactory,
+    model_dir: Path,
+    tmp_path: Path,
+    agents: list[AgentProcess],
+) -> None:
+    """A camera dies: stalled, offline after offline_after, outage stored; others stay online."""
+    clip = clip_factory(seconds=4)
+    dying = rtsp_server_factory({"/kitchen": clip})
+    steady = rtsp_server_factory({"/kitchen": clip})
+    config = write_config(tmp_path, broker, dying.url("/kitchen"), model_dir)
+    data = yaml.safe_load(config.read_text())
+    data["cameras"]["kitchen-1"].update(stall_timeout=2, offline_after=4, open_timeout=2)
+    data["cameras"]["kitchen-2"] = {"name": "备餐间", "url": steady.url("/kitchen")}
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    collector = mqtt_collector(broker.url, f"{ROOT}/#")
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+
+    def states(camera: str) -> list[str]:
+        return [
+            p["state"]
+            for p in payloads(collector, f"camera/{camera}/status")
+            if p["reason"] != "refresh"
+        ]
+
+    collector.wait_for(
+        lambda _ms: states("kitchen-1") == ["online"] and states("kitchen-2") == ["online"], 30
+    )
+    dying.kill()
+    collector.wait_for(lambda _ms: states("kitchen-1")[-1:] == ["offline"], 30)
+    dying.restart()
+    collector.wait_for(lambda _ms: states("kitchen-1")[-1:] == ["online"], 40)
+    assert states("kitchen-1") == ["online", "stalled", "offline", "online"]
+    assert states("kitchen-2") == ["online"]
+    back = [p for p in payloads(collector, "camera/kitchen-1/status") if p["reason"] == "frames"][
+        -1
+    ]
+    jsonschema.validate(back, load_schema("camera_status"))
+    assert back["outage"]["reason"] in {"refused", "ended", "timeout", "stall"}
+    assert back["outage"]["duration_s"] >= 4.0
+    statuses = payloads(collector, "camera/kitchen-1/status")
+    offline = next(p for p in statuses if p["state"] == "offline")
+    assert offline["quality"] == "unusable"
+    code, _ = agent.terminate()
+    assert code == 0, agent.log[-3000:]
+    rows = db_rows(
+        tmp_path, "SELECT camera, until IS NOT NULL, duration_s, reason FROM camera_outages"
+    )
+    assert len(rows) == 1
+    assert rows[0][0] == "kitchen-1"
+    assert rows[0][1] == 1
+    assert rows[0][2] >= 4.0
+    beat = payloads(collector, "heartbeat")[-1]
+    jsonschema.validate(beat, load_schema("heartbeat"))
+    assert beat["cameras"]["kitchen-2"]["state"] == "online"
+    assert beat["cameras"]["kitchen-1"]["reconnects"] >= 1

@@ -141,7 +141,7 @@ def test_dead_camera_goes_offline_after_debounce_and_comes_back(
     assert offline.reason == snap["last_error_class"]
     server.restart()
     h.wait(lambda: h.reader.state is CameraState.ONLINE, 40, "online again")
-    assert h.states() == ["online", "offline", "online"]
+    assert h.states() == ["online", "stalled", "offline", "online"]
 
 
 def test_blip_shorter_than_debounce_is_counted_not_reported(
