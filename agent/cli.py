@@ -59,6 +59,8 @@ config_app = typer.Typer(help="Check and show the configuration.", no_args_is_he
 app.add_typer(config_app, name="config")
 model_app = typer.Typer(help="Evaluate the detection model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+camera_app = typer.Typer(help="Probe and list cameras.", no_args_is_help=True)
+app.add_typer(camera_app, name="camera")
 
 ConfigOption = Annotated[
     Path,
@@ -254,6 +256,132 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:
         typer.echo(render_report(report))
+
+
+@camera_app.command("probe")
+def camera_probe(  # noqa: PLR0917 - typer passes each option by name
+    url: Annotated[str, typer.Argument(help="rtsp://[user@]host[:port]/path or a video file.")],
+    password_env: Annotated[
+        str | None,
+        typer.Option(help="Environment variable holding the password (keeps it out of ps)."),
+    ] = None,
+    transport: Annotated[str, typer.Option(help="RTSP transport: tcp or udp.")] = "tcp",
+    seconds: Annotated[float, typer.Option(min=1, max=120, help="How long to measure.")] = 5.0,
+    timeout: Annotated[float, typer.Option(min=1, max=120, help="Open/read timeout.")] = 10.0,
+    snapshot: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the snapshot PNG (default: a new file in /tmp)."),
+    ] = None,
+) -> None:
+    """Measure a stream: codec, resolution, fps, keyframe interval, time to first frame.
+
+    Writes a snapshot PNG and prints its path, so an installer can check the framing.
+    Exit code 6 when the stream cannot be used (the message says why: auth_failed,
+    not_found, refused, timeout, ...).
+
+    Example: mclz-agent camera probe rtsp://admin@192.168.1.64/Streaming/Channels/102
+    """
+    import tempfile  # noqa: PLC0415
+
+    import cv2  # noqa: PLC0415
+
+    from agent.ingest import probe  # noqa: PLC0415
+    from agent.redact import register_secret, with_password  # noqa: PLC0415
+
+    if transport not in {"tcp", "udp"}:
+        typer.echo(f"error: --transport must be tcp or udp, not {transport!r}", err=True)
+        raise typer.Exit(2)
+    if password_env is not None:
+        secret = os.environ.get(password_env)
+        if not secret:
+            fail(ConfigError(f"--password-env: environment variable {password_env} is not set"))
+        register_secret(secret)
+        url = with_password(url, secret)
+    try:
+        result = probe(url, transport=transport, seconds=seconds, timeout=timeout)
+    except StreamError as exc:
+        fail(exc)
+    if snapshot is None:
+        fd, name = tempfile.mkstemp(prefix="mclz-probe-", suffix=".png")
+        os.close(fd)
+        snapshot = Path(name)
+    if not cv2.imwrite(str(snapshot), result.snapshot):
+        typer.echo(f"error: cannot write {snapshot}", err=True)
+        raise typer.Exit(4)
+    gop = f"{result.keyframe_interval_s:.2f} s" if result.keyframe_interval_s else "unknown"
+    expected = f"{result.expected_fps:.2f}" if result.expected_fps else "unknown"
+    lines = [
+        ("stream", result.url),
+        ("codec", result.codec),
+        ("resolution", f"{result.width}x{result.height}"),
+        (
+            "fps",
+            f"{result.measured_fps:.2f} over {result.seconds:.1f} s (stream says {expected})",
+        ),
+        ("keyframe interval", gop),
+        ("first frame after", f"{result.first_frame_s:.2f} s"),
+        ("bitrate", f"{result.bitrate_kbps:.0f} kbit/s"),
+        ("snapshot", str(snapshot)),
+    ]
+    for key, value in lines:
+        typer.echo(f"{key:<18} {value}")
+
+
+@camera_app.command("list")
+def camera_list(
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the configured cameras with their last known state, read from the agent's database.
+
+    Works whether the agent runs or not; 'updated' says how old the figures are.
+
+    Example: mclz-agent camera list --config /etc/mclz-agent/agent.yaml
+    """
+    import time  # noqa: PLC0415
+
+    from agent.outbox import Outbox  # noqa: PLC0415
+    from agent.redact import redact_url  # noqa: PLC0415
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        fail(exc)
+    db_path = cfg.storage.state_dir / "agent.db"
+    health: dict[str, tuple[float, dict[str, object]]] = {}
+    if db_path.exists():
+        try:
+            store = Outbox(db_path)
+            health = store.camera_health()
+            store.close()
+        except OutboxError as exc:
+            fail(exc)
+    now = time.time()
+    rows = []
+    for camera_id, camera in cfg.cameras.items():
+        updated, snap = health.get(camera_id, (None, {}))
+        rows.append(
+            {
+                "camera": camera_id,
+                "name": camera.name,
+                "url": redact_url(camera.url),
+                "enabled": camera.enabled,
+                "state": snap.get("state", "unknown"),
+                "fps": snap.get("fps"),
+                "quality": snap.get("quality"),
+                "updated_s_ago": round(now - updated, 1) if updated is not None else None,
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    typer.echo(f"{'camera':<16} {'state':<11} {'fps':>6} {'quality':<10} {'updated':>9}  url")
+    for row in rows:
+        state = row["state"] if row["enabled"] else "disabled"
+        fps = f"{row['fps']:.1f}" if isinstance(row["fps"], float | int) else "-"
+        age = f"{row['updated_s_ago']:.0f} s ago" if row["updated_s_ago"] is not None else "never"
+        quality = row["quality"] or "-"
+        typer.echo(f"{row['camera']:<16} {state:<11} {fps:>6} {quality:<10} {age:>9}  {row['url']}")
 
 
 @app.command()

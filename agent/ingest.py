@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import enum
 import errno
+import itertools
 import logging
 import random
 import threading
@@ -580,3 +581,97 @@ def grade(health: dict[str, Any]) -> Quality:
     if ratio < 0.9 or troubles > 0:
         return Quality.FAIR
     return Quality.EXCELLENT
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """What ``camera probe`` measured on a stream."""
+
+    url: str  # redacted
+    codec: str
+    width: int
+    height: int
+    expected_fps: float | None
+    measured_fps: float
+    keyframe_interval_s: float | None
+    first_frame_s: float
+    seconds: float
+    packets: int
+    keyframes: int
+    bitrate_kbps: float
+    snapshot: np.ndarray = field(repr=False)  # BGR, the first decoded frame
+
+
+def probe(
+    url: str, *, transport: str = "tcp", seconds: float = 5.0, timeout: float = 10.0
+) -> ProbeResult:
+    """Open ``url`` and measure it like an installer would want: codec, size, fps, GOP.
+
+    Raises:
+        StreamError: the stream cannot be opened or gives no frame; the message names the
+            error class (auth_failed, not_found, refused, timeout, ...), credentials redacted.
+    """
+    options: dict[str, str] = {}
+    if "://" in url and not url.startswith("file://"):
+        options = {"rtsp_transport": transport, "timeout": str(int(timeout * 1_000_000))}
+    shown = redact_url(url)
+    t0 = time.monotonic()
+    try:
+        container = av.open(url, mode="r", options=options, timeout=(timeout, timeout))
+    except (av.error.FFmpegError, OSError) as exc:
+        kind = classify_error(exc)
+        raise StreamError(f"{shown}: cannot open ({kind}): {redact_text(str(exc))}") from exc
+    try:
+        if not container.streams.video:
+            raise StreamError(f"{shown}: no video stream")
+        stream = container.streams.video[0]
+        time_base = stream.time_base or Fraction(1, 90000)
+        rate = stream.average_rate or stream.guessed_rate
+        first: np.ndarray | None = None
+        first_at = 0.0
+        packets = keyframes = size = 0
+        key_times: list[float] = []
+        started = None
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            now = time.monotonic()
+            started = started if started is not None else now
+            packets += 1
+            size += packet.size
+            if packet.is_keyframe:
+                keyframes += 1
+                pts = float(packet.pts * time_base) if packet.pts is not None else now
+                key_times.append(pts)
+            if first is None:
+                for frame in packet.decode():
+                    first = frame.to_ndarray(format="bgr24")
+                    first_at = time.monotonic() - t0
+                    break
+            if now - started >= seconds:
+                break
+        if first is None:
+            raise StreamError(f"{shown}: no frame could be decoded")
+        elapsed = max(1e-6, time.monotonic() - (started or t0))
+        gaps = [b - a for a, b in itertools.pairwise(key_times) if b > a]
+        ctx = stream.codec_context
+        return ProbeResult(
+            url=shown,
+            codec=ctx.name,
+            width=ctx.width,
+            height=ctx.height,
+            expected_fps=float(rate) if rate else None,
+            measured_fps=packets / elapsed,
+            keyframe_interval_s=sum(gaps) / len(gaps) if gaps else None,
+            first_frame_s=first_at,
+            seconds=elapsed,
+            packets=packets,
+            keyframes=keyframes,
+            bitrate_kbps=size * 8 / elapsed / 1000,
+            snapshot=first,
+        )
+    except (av.error.FFmpegError, OSError) as exc:
+        kind = classify_error(exc)
+        raise StreamError(f"{shown}: stream failed ({kind}): {redact_text(str(exc))}") from exc
+    finally:
+        container.close()

@@ -97,11 +97,20 @@ def _m004_camera_outages(db: sqlite_utils.Database) -> None:
     db.table("camera_outages").create_index(["camera", "since"], index_name="outages_camera")
 
 
+def _m005_camera_health(db: sqlite_utils.Database) -> None:
+    db.table("camera_health").create(
+        {"camera": str, "state": str, "since": float, "updated_at": float, "health": str},
+        pk="camera",
+        not_null=["state", "since", "updated_at", "health"],
+    )
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("001_outbox", _m001_outbox),
     ("002_alerts", _m002_alerts),
     ("003_counters", _m003_counters),
     ("004_camera_outages", _m004_camera_outages),
+    ("005_camera_health", _m005_camera_health),
 )
 
 
@@ -488,6 +497,28 @@ class Outbox:
         with self._lock:
             rows = self._conn.execute(sql + " ORDER BY since DESC LIMIT ?", (*args, limit))
             return [Outage(*row) for row in rows.fetchall()]
+
+    # ------------------------------------------------------------------ camera health
+
+    def save_camera_health(self, snapshots: dict[str, dict[str, Any]], now: float) -> None:
+        """Keep each camera's latest health, so ``camera list`` and ``status`` can read it."""
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT INTO camera_health (camera, state, since, updated_at, health)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(camera) DO UPDATE SET"
+                " state = excluded.state, since = excluded.since,"
+                " updated_at = excluded.updated_at, health = excluded.health",
+                [
+                    (camera, snap["state"], snap["since"], now, json.dumps(snap))
+                    for camera, snap in snapshots.items()
+                ],
+            )
+
+    def camera_health(self) -> dict[str, tuple[float, dict[str, Any]]]:
+        """The latest saved health per camera, with the time it was saved."""
+        with self._lock:
+            rows = self._conn.execute("SELECT camera, updated_at, health FROM camera_health")
+            return {camera: (updated, json.loads(text)) for camera, updated, text in rows}
 
     def integrity_ok(self) -> bool:
         """Whether SQLite's full integrity check passes."""

@@ -328,7 +328,15 @@ class Agent:
                 outage = self.outbox.close_outage(camera_id, transition.wall)
         except OutboxError as exc:
             logger.error("camera %s: outage not recorded: %s", camera_id, exc)
+        self._save_health()
         self._publish_status(camera_id, transition=transition, outage=outage)
+
+    def _save_health(self) -> None:
+        try:
+            snapshots = {cid: reader.snapshot() for cid, reader in self.readers.items()}
+            self.outbox.save_camera_health(snapshots, time.time())
+        except OutboxError as exc:
+            logger.error("camera health not saved: %s", exc)
 
     def _publish_status(
         self,
@@ -377,6 +385,7 @@ class Agent:
                     self._retry_unstored()
                 if now >= next_beat or self._heartbeat_now.is_set():
                     self._heartbeat_now.clear()
+                    self._save_health()
                     self.send_heartbeat()
                     for camera_id in self.readers:  # fresh fps, quality, frame age
                         self._publish_status(camera_id)

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytest
 import typer.main
+from services import ClipFactory, RtspServerFactory, free_port
 from typer.testing import CliRunner
 
 from agent import __version__
 from agent.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
+SECRET = "Probe-S3cret!"
 runner = CliRunner()
 
 
@@ -138,3 +144,113 @@ def test_run_refuses_to_start_with_an_unreadable_secret(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "cameras.k1.password: environment variable MCLZ_TEST_UNSET is not set" in result.output
     assert not (tmp_path / "state").exists()
+
+
+def test_camera_probe_measures_a_real_stream(
+    rtsp_server_factory: RtspServerFactory, clip_factory: ClipFactory, tmp_path: Path
+) -> None:
+    """probe reports codec, size, fps and keyframe interval, and writes a PNG snapshot."""
+    server = rtsp_server_factory(
+        {"/cam": clip_factory(seconds=4, fps=10, gop=20)}, user="admin", password=SECRET
+    )
+    shot = tmp_path / "shot.png"
+    result = runner.invoke(
+        app,
+        ["camera", "probe", server.url("/cam", user="admin"), "--password-env", "CAM_PW",
+         "--seconds", "3", "--snapshot", str(shot)],
+        env={"CAM_PW": SECRET},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    fields = dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
+    assert fields["codec"].strip() == "h264"
+    assert fields["resolution"].strip() == "640x360"
+    assert result.output.count("keyframe interval") == 1
+    assert "2.00 s" in result.output  # GOP 20 at 10 fps
+    image = cv2.imread(str(shot))
+    assert image is not None
+    assert image.shape == (360, 640, 3)
+    assert SECRET not in result.output
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("refused", "refused"), ("auth", "auth_failed"), ("not_found", "not_found")],
+)
+def test_camera_probe_classifies_failures(
+    rtsp_server_factory: RtspServerFactory, clip_factory: ClipFactory, kind: str, expected: str
+) -> None:
+    """A refused port, a wrong password and a wrong path each exit 6 with their class."""
+    server = rtsp_server_factory({"/cam": clip_factory(seconds=2)}, user="admin", password=SECRET)
+    url = {
+        "refused": f"rtsp://127.0.0.1:{free_port()}/cam",
+        "auth": server.url("/cam", user="admin", password="wrong-" + SECRET),
+        "not_found": server.url("/nope", user="admin", password=SECRET),
+    }[kind]
+    result = runner.invoke(app, ["camera", "probe", url, "--timeout", "5", "--seconds", "1"])
+    assert result.exit_code == 6, result.output
+    assert f"({expected})" in result.output
+    assert SECRET not in result.output
+
+
+def test_camera_probe_survives_garbage_on_the_port() -> None:
+    """A port that answers with garbage bytes gives a clear error, no hang, no leaked thread."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(os.urandom(4096) + b"\r\n\r\n" + os.urandom(4096))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    before = threading.active_count()
+    try:
+        result = runner.invoke(
+            app,
+            ["camera", "probe", f"rtsp://127.0.0.1:{port}/x", "--timeout", "3", "--seconds", "1"],
+        )
+    finally:
+        stop.set()
+        thread.join(2)
+        listener.close()
+    assert result.exit_code == 6, result.output
+    assert "error: rtsp://127.0.0.1" in result.output
+    assert threading.active_count() <= before
+
+
+def test_camera_list_shows_saved_health_and_redacts(tmp_path: Path) -> None:
+    """camera list reads each camera's last saved health from the database, URLs redacted."""
+    from agent.outbox import Outbox  # noqa: PLC0415
+
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        "identity: {city: hz, school_id: s1, box_id: b1}\n"
+        f"storage: {{state_dir: {tmp_path / 'state'}}}\n"
+        "cameras:\n  k1:\n    url: rtsp://admin@cam1/x\n"
+        "  k2:\n    url: rtsp://cam2/y\n    enabled: false\n"
+    )
+    store = Outbox(tmp_path / "state" / "agent.db")
+    store.save_camera_health(
+        {"k1": {"state": "online", "since": 1.0, "fps": 12.5, "quality": "fair"}}, now=time.time()
+    )
+    store.close()
+    result = runner.invoke(app, ["camera", "list", "--config", str(cfg), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["camera"]: row for row in json.loads(result.output)}
+    assert rows["k1"]["state"] == "online"
+    assert rows["k1"]["fps"] == 12.5
+    assert rows["k1"]["quality"] == "fair"
+    assert rows["k2"]["state"] == "unknown"
+    assert rows["k2"]["enabled"] is False
+    text = runner.invoke(app, ["camera", "list", "--config", str(cfg)]).output
+    assert "disabled" in text
+    assert "rtsp://admin@cam1/x" in text
