@@ -243,6 +243,10 @@ class CameraConfig(_Model):
     password: SecretRef | None = Field(
         default=None, description="RTSP password (env or credential)"
     )
+    main_url: str | None = Field(
+        default=None,
+        description="main (full-resolution) stream for evidence snapshots; detection uses url",
+    )
     enabled: bool = Field(default=True, description="read and analyse this camera")
     transport: Literal["tcp", "udp"] = Field(default="tcp", description="RTSP transport")
     detect_interval: Duration = Field(
@@ -264,9 +268,11 @@ class CameraConfig(_Model):
         default_factory=PictureConfig, description="black / frozen / covered picture checks"
     )
 
-    @field_validator("url")
+    @field_validator("url", "main_url")
     @classmethod
-    def _check_url(cls, url: str) -> str:
+    def _check_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
         if "://" not in url:
             if not url.strip():
                 raise ValueError("empty URL")
@@ -304,6 +310,19 @@ class CameraConfig(_Model):
             return self.url
         secret = self.password.resolve(f"cameras.{camera_id}.password")
         return with_password(self.url, secret)
+
+    def main_stream(self) -> CameraConfig | None:
+        """A config that reads the main stream (keyframes only, for evidence), if one is set."""
+        if self.main_url is None:
+            return None
+        return self.model_copy(
+            update={
+                "url": self.main_url,
+                "main_url": None,
+                "decode": "keyframes",
+                "detect_interval": 0.1,
+            }
+        )
 
 
 class ModelConfig(_Model):
@@ -577,6 +596,8 @@ def with_base_dir(config: AgentConfig, base: Path) -> AgentConfig:
         update: dict[str, Any] = {"password": _anchor_secret(camera.password, base)}
         if camera.is_file and not camera.url.startswith("file://"):
             update["url"] = str(_anchor(Path(camera.url), base))
+        if camera.main_url is not None and "://" not in camera.main_url:
+            update["main_url"] = str(_anchor(Path(camera.main_url), base))
         cameras[camera_id] = camera.model_copy(update=update)
     tls = config.mqtt.tls.model_copy(
         update={

@@ -173,6 +173,7 @@ def alert(
             "height": evidence.height,
             "bytes": len(evidence.jpeg),
             "sha256": evidence.sha256,
+            "source": evidence.source,
         }
         if config.evidence.embed:
             ev["data_b64"] = base64.b64encode(evidence.jpeg).decode("ascii")

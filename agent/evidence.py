@@ -36,6 +36,7 @@ class Evidence:
     sha256: str
     width: int
     height: int
+    source: str = "sub"  # which stream the picture came from: "sub" (detection) or "main"
 
 
 def render(alert: Alert, frame: np.ndarray, config: EvidenceConfig) -> tuple[bytes, int, int]:
@@ -77,7 +78,9 @@ def render(alert: Alert, frame: np.ndarray, config: EvidenceConfig) -> tuple[byt
     return buffer.tobytes(), width, height
 
 
-def save(alert: Alert, frame: np.ndarray, config: EvidenceConfig, directory: Path) -> Evidence:
+def save(
+    alert: Alert, frame: np.ndarray, config: EvidenceConfig, directory: Path, source: str = "sub"
+) -> Evidence:
     """Render and durably write the evidence of ``alert``.
 
     Raises:
@@ -97,4 +100,4 @@ def save(alert: Alert, frame: np.ndarray, config: EvidenceConfig, directory: Pat
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OutboxError(f"{path}: cannot write evidence: {exc.strerror}") from exc
-    return Evidence(path, jpeg, hashlib.sha256(jpeg).hexdigest(), width, height)
+    return Evidence(path, jpeg, hashlib.sha256(jpeg).hexdigest(), width, height, source)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import av
@@ -115,6 +115,38 @@ class FrameSlot:
         return frame
 
 
+class FrameSink(Protocol):
+    """Where a reader puts the frames it decodes for analysis."""
+
+    dropped: int
+
+    def put(self, frame: Frame) -> None:
+        """Offer a frame."""
+
+
+class FrameRing:
+    """The last few frames of a camera's main stream, for evidence at full resolution."""
+
+    def __init__(self, size: int = 4) -> None:
+        self._lock = threading.Lock()
+        self._frames: collections.deque[Frame] = collections.deque(maxlen=size)
+        self.dropped = 0  # frames age out of the ring by design; nothing is dropped
+
+    def put(self, frame: Frame) -> None:
+        """Keep ``frame``, forgetting the oldest."""
+        with self._lock:
+            self._frames.append(frame)
+
+    def closest(self, wall: float, within: float) -> Frame | None:
+        """The kept frame decoded closest to ``wall``, if within ``within`` seconds of it."""
+        with self._lock:
+            frames = list(self._frames)
+        best = min(frames, key=lambda f: abs(f.wall - wall), default=None)
+        if best is None or abs(best.wall - wall) > within:
+            return None
+        return best
+
+
 class Backoff:
     """Capped exponential backoff with jitter, reset after success."""
 
@@ -199,10 +231,13 @@ class CameraReader:
         config: CameraConfig,
         *,
         stop: threading.Event,
-        slot: FrameSlot,
+        slot: FrameSink,
         on_transition: Callable[[Transition], None] | None = None,
+        role: str = "",
     ) -> None:
+        """``role`` names a second stream of the same camera (``main``) in threads and logs."""
         self.camera_id = camera_id
+        self.label = f"{camera_id}/{role}" if role else camera_id
         self.config = config
         self.stop = stop
         self.slot = slot
@@ -223,7 +258,7 @@ class CameraReader:
         self._stall_times: collections.deque[float] = collections.deque(maxlen=4096)
         self._backoff = Backoff()
         self._interrupted = False  # a session failed since the last frame
-        self._thread = threading.Thread(target=self._run, name=f"ingest-{camera_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"ingest-{self.label}", daemon=True)
 
     # ------------------------------------------------------------------ public
 
@@ -286,7 +321,7 @@ class CameraReader:
     def _announce(self, transition: Transition) -> None:
         logger.info(
             "camera %s: %s -> %s (%s)",
-            self.camera_id,
+            self.label,
             transition.old.value,
             transition.new.value,
             transition.reason,
@@ -295,7 +330,7 @@ class CameraReader:
             try:
                 self.on_transition(transition)
             except Exception:
-                logger.exception("camera %s: state transition handler failed", self.camera_id)
+                logger.exception("camera %s: state transition handler failed", self.label)
 
     def _record_error(self, exc: BaseException) -> str:
         kind = classify_error(exc)
@@ -322,18 +357,18 @@ class CameraReader:
                 if good:
                     self._backoff.reset()
                 delay = self._backoff.next_delay()
-                logger.debug("camera %s: reconnecting in %.1f s", self.camera_id, delay)
+                logger.debug("camera %s: reconnecting in %.1f s", self.label, delay)
                 self.stop.wait(delay)
         except Exception:
-            logger.exception("camera %s: reader thread crashed", self.camera_id)
+            logger.exception("camera %s: reader thread crashed", self.label)
 
     def _failed(self, exc: StreamError) -> bool:
         """Record a failed session; return whether it had decoded frames before failing."""
         kind = self._record_error(exc.__cause__ or exc)
         if not self.stop.is_set():
-            logger.warning("camera %s (%s): %s [%s]", self.camera_id, self.display_url, exc, kind)
+            logger.warning("camera %s (%s): %s [%s]", self.label, self.display_url, exc, kind)
             for stamp, text in list(self.errors)[-5:-1]:
-                logger.debug("camera %s: earlier error at %.0f: %s", self.camera_id, stamp, text)
+                logger.debug("camera %s: earlier error at %.0f: %s", self.label, stamp, text)
         with self._lock:
             self.stats.reconnects += 1
             self._reconnect_times.append(time.monotonic())
@@ -398,7 +433,7 @@ class CameraReader:
                 self.stats.expected_fps = float(rate) if rate else None
             logger.info(
                 "camera %s: opened %s (%s %dx%d)",
-                self.camera_id,
+                self.label,
                 self.display_url,
                 ctx.name,
                 ctx.width,
@@ -452,7 +487,7 @@ class CameraReader:
                             self._apply_mode(ctx, mode)
                             logger.info(
                                 "camera %s: keyframe every %.2f s, decoding %s",
-                                self.camera_id,
+                                self.label,
                                 gop,
                                 mode,
                             )

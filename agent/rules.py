@@ -41,6 +41,7 @@ class Alert:
     confidence: float  # best confidence seen in the episode
     detections: tuple[Detection, ...]  # the hits of the evidence frame
     frame: np.ndarray | None = field(repr=False, compare=False)  # BGR evidence frame
+    frame_wall: float = 0.0  # when the evidence frame was decoded
 
 
 @dataclass(slots=True)
@@ -49,6 +50,7 @@ class _Episode:
     last_mono: float
     best_confidence: float = 0.0
     best_frame: np.ndarray | None = None
+    best_wall: float = 0.0
     best_hits: tuple[Detection, ...] = ()
     raised: bool = False
 
@@ -130,6 +132,7 @@ class RuleEngine:
         if best >= episode.best_confidence:
             episode.best_confidence = best
             episode.best_frame = frame
+            episode.best_wall = wall
             episode.best_hits = hits
         if episode.raised or mono - episode.first_mono < rule.min_duration:
             return None
@@ -150,6 +153,7 @@ class RuleEngine:
             confidence=episode.best_confidence,
             detections=episode.best_hits,
             frame=episode.best_frame,
+            frame_wall=episode.best_wall,
         )
 
     def active(self, camera_id: str, mono: float) -> list[str]:

@@ -27,11 +27,13 @@ import uuid
 from types import FrameType
 from typing import Any
 
+import numpy as np
+
 from agent import __version__, contract, evidence
 from agent.config import AgentConfig, LoggingConfig
 from agent.detect import Detector, load_model_package
 from agent.errors import AgentError, OutboxError
-from agent.ingest import CameraReader, CameraState, Frame, FrameSlot, Transition
+from agent.ingest import CameraReader, CameraState, Frame, FrameRing, FrameSlot, Transition
 from agent.outbox import AlertRecord, Outage, Outbox
 from agent.redact import RedactingFilter
 from agent.rules import Alert, RuleEngine
@@ -44,6 +46,7 @@ STATUS_TTL = 7 * 86400.0
 EXPIRE_EVERY = 600.0
 WATCHDOG_STALE = 30.0  # the detect loop must have turned within this many seconds
 MAX_UNSTORED_ALERTS = 1000
+MAIN_EVIDENCE_WITHIN = 1.0  # seconds between the detection and a usable main-stream keyframe
 
 
 def setup_logging(config: LoggingConfig) -> None:
@@ -139,6 +142,9 @@ class Agent:
         self._wake = threading.Event()
         self.readers: dict[str, CameraReader] = {}
         self.slots: dict[str, FrameSlot] = {}
+        # Main (full-resolution) streams, keyframes only, for evidence snapshots.
+        self.main_readers: dict[str, CameraReader] = {}
+        self.main_rings: dict[str, FrameRing] = {}
         for camera_id, camera in config.cameras.items():
             if not camera.enabled:
                 continue
@@ -151,6 +157,13 @@ class Agent:
                 slot=slot,
                 on_transition=self._on_transition,
             )
+            main = camera.main_stream()
+            if main is not None:
+                ring = FrameRing()
+                self.main_rings[camera_id] = ring
+                self.main_readers[camera_id] = CameraReader(
+                    camera_id, main, stop=self.stop_event, slot=ring, role="main"
+                )
         # Alerts that could not be committed (disk full), oldest first, retried by health.
         self._unstored: list[tuple[AlertRecord, bytes]] = []
         self._unstored_lock = threading.Lock()
@@ -177,7 +190,7 @@ class Agent:
             self.model_id,
         )
         self.uplink.start()
-        for reader in self.readers.values():
+        for reader in (*self.readers.values(), *self.main_readers.values()):
             reader.start()
         self._detect_thread.start()
         self._health_thread.start()
@@ -212,7 +225,7 @@ class Agent:
         self._health_thread.join(timeout=1.0)
         self._retry_unstored()
         self.uplink.stop(drain_timeout=1.5)
-        for reader in self.readers.values():
+        for reader in (*self.readers.values(), *self.main_readers.values()):
             reader.join(timeout=0.05)
         backlog = self.outbox.backlog()
         self.outbox.close()
@@ -249,11 +262,21 @@ class Agent:
             ):
                 self._store_alert(alert)
 
+    def _evidence_frame(self, alert: Alert) -> tuple[np.ndarray | None, str]:
+        """The main stream's keyframe taken within a second of the detection, else the sub frame."""
+        ring = self.main_rings.get(alert.camera_id)
+        if ring is not None:
+            main = ring.closest(alert.frame_wall, within=MAIN_EVIDENCE_WITHIN)
+            if main is not None:
+                return main.image, "main"
+        return alert.frame, "sub"
+
     def _store_alert(self, alert: Alert) -> None:
         saved = None
-        if self.config.evidence.enabled and alert.frame is not None:
+        image, source = self._evidence_frame(alert)
+        if self.config.evidence.enabled and image is not None:
             try:
-                saved = evidence.save(alert, alert.frame, self.config.evidence, self.evidence_dir)
+                saved = evidence.save(alert, image, self.config.evidence, self.evidence_dir, source)
             except (OutboxError, ValueError) as exc:
                 logger.error(
                     "camera %s: alert %s has no evidence: %s", alert.camera_id, alert.id, exc
@@ -409,6 +432,11 @@ class Agent:
     def health(self) -> dict[str, Any]:
         """Everything the heartbeat reports, as plain data."""
         cameras = {cid: r.snapshot() for cid, r in self.readers.items()}
+        for cid, main in self.main_readers.items():
+            snap = main.snapshot()
+            cameras[cid]["main_stream"] = {
+                k: snap[k] for k in ("state", "fps", "width", "height", "last_error_class")
+            }
         for cid, snap in cameras.items():
             snap["since"] = contract.utc_iso(self.readers[cid].since)
         avg_ms = 1000 * self.inference_seconds / self.inferences if self.inferences else 0.0

@@ -493,3 +493,37 @@ def test_camera_outage_is_reported_recorded_and_spares_other_cameras(
     jsonschema.validate(beat, load_schema("heartbeat"))
     assert beat["cameras"]["kitchen-2"]["state"] == "online"
     assert beat["cameras"]["kitchen-1"]["reconnects"] >= 1
+
+
+def test_evidence_comes_from_the_main_stream_when_configured(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    mqtt_collector: CollectorFactory,
+    model_dir: Path,
+    tmp_path: Path,
+    agents: list[AgentProcess],
+) -> None:
+    """Detection runs on the sub-stream; the evidence JPEG is the main stream's full resolution."""
+    squares = magenta_after(10)
+    sub = clip_factory("sub.mp4", width=640, height=360, seconds=6, squares=squares)
+    main = clip_factory("main.mp4", width=1280, height=720, seconds=6, squares=squares)
+    server = rtsp_server_factory({"/sub": sub, "/main": main})
+    config = write_config(tmp_path, broker, server.url("/sub"), model_dir)
+    data = yaml.safe_load(config.read_text())
+    data["cameras"]["kitchen-1"]["main_url"] = server.url("/main")
+    data["evidence"] = {"max_width": 1920}
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    collector = mqtt_collector(broker.url, f"{ROOT}/#")
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    got = collector.wait_for(lambda ms: len(ms) >= 1, 40, topic_filter=f"{ROOT}/alert")
+    alert = json.loads(got[0].payload)
+    jsonschema.validate(alert, load_schema("alert"))
+    assert alert["evidence"]["source"] == "main"
+    assert (alert["evidence"]["width"], alert["evidence"]["height"]) == (1280, 720)
+    beat = collector.wait_for(lambda ms: len(ms) >= 1, 20, topic_filter=f"{ROOT}/heartbeat")
+    main_health = json.loads(beat[-1].payload)["cameras"]["kitchen-1"]["main_stream"]
+    assert main_health["width"] == 1280
+    code, _ = agent.terminate()
+    assert code == 0, agent.log[-3000:]
