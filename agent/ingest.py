@@ -401,12 +401,22 @@ class CameraReader:
             }
             if urlsplit(url).scheme == "rtsps":
                 options["rtsp_flags"] = "prefer_tcp"
+        t0 = time.monotonic()
         try:
             container = av.open(
                 url, mode="r", options=options, timeout=(cfg.open_timeout, cfg.stall_timeout)
             )
         except (av.error.FFmpegError, OSError) as exc:
-            raise StreamError(f"cannot open stream: {redact_text(str(exc))}") from exc
+            text = redact_text(str(exc))
+            if time.monotonic() - t0 >= 0.9 * cfg.open_timeout and classify_error(exc) in {
+                "decode_error",
+                "error",
+            }:
+                # A server that accepts but never answers: FFmpeg's RTSP demuxer reports the
+                # empty reply as invalid data once its timeout runs out. It is a timeout.
+                cause: BaseException = TimeoutError(f"no answer within {cfg.open_timeout:g} s")
+                raise StreamError(f"cannot open stream: no answer ({text})") from cause
+            raise StreamError(f"cannot open stream: {text}") from exc
         return container
 
     def _session(self) -> bool:
@@ -575,6 +585,7 @@ class CameraReader:
                 "width": s.width,
                 "height": s.height,
                 "packets": s.packets,
+                "keyframes": s.keyframes,
                 "decoded": s.decoded,
                 "analysed": s.analysed,
                 "dropped": self.slot.dropped,
