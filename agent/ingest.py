@@ -473,6 +473,7 @@ class CameraReader:
         last_key_pts: float | None = None
         got_frame = False
         pace_origin: tuple[float, float] | None = None  # (pts seconds, mono) for file pacing
+        session_start = time.monotonic()
         for packet in container.demux(stream):
             if self.stop.is_set():
                 break
@@ -483,24 +484,17 @@ class CameraReader:
             with self._lock:
                 self.stats.packets += 1
                 self._fps_window.append(mono)
+                last_frame = self._last_frame_mono
+            # Stall watchdog: packets that never decode into a picture are no better than
+            # no packets. Allow a few GOPs, since keyframes-only decoding waits for one.
+            patience = max(cfg.stall_timeout, 3 * (self.stats.gop_seconds or 0.0))
+            if mono - max(last_frame or 0.0, session_start) > patience:
+                raise _SessionError(
+                    f"no decodable frame for {patience:.0f} s although data arrives", got_frame
+                ) from TimeoutError("stall")
             if packet.is_keyframe:
-                with self._lock:
-                    self.stats.keyframes += 1
                 key_time = pts if pts is not None else mono
-                if last_key_pts is not None and key_time > last_key_pts:
-                    gop = key_time - last_key_pts
-                    self.stats.gop_seconds = gop
-                    if cfg.decode == "auto":
-                        wanted = "keyframes" if gop <= cfg.detect_interval * 1.1 else "all"
-                        if wanted != mode:
-                            mode = wanted
-                            self._apply_mode(ctx, mode)
-                            logger.info(
-                                "camera %s: keyframe every %.2f s, decoding %s",
-                                self.label,
-                                gop,
-                                mode,
-                            )
+                mode = self._on_keyframe(ctx, key_time, last_key_pts, mode)
                 last_key_pts = key_time
             if cfg.is_file and pts is not None:
                 pace_origin = self._pace(pts, pace_origin)
@@ -519,6 +513,24 @@ class CameraReader:
                 got_frame = True
                 self._on_decoded(frame)
         return got_frame
+
+    def _on_keyframe(
+        self, ctx: av.VideoCodecContext, key_time: float, last: float | None, mode: str
+    ) -> str:
+        """Measure the GOP; in auto mode pick keyframes-only or full decoding; return the mode."""
+        with self._lock:
+            self.stats.keyframes += 1
+        if last is None or key_time <= last:
+            return mode
+        gop = key_time - last
+        self.stats.gop_seconds = gop
+        if self.config.decode != "auto":
+            return mode
+        wanted = "keyframes" if gop <= self.config.detect_interval * 1.1 else "all"
+        if wanted != mode:
+            self._apply_mode(ctx, wanted)
+            logger.info("camera %s: keyframe every %.2f s, decoding %s", self.label, gop, wanted)
+        return wanted
 
     def _pace(self, pts: float, origin: tuple[float, float] | None) -> tuple[float, float]:
         """Sleep so that a file plays at its own speed, like a camera."""
