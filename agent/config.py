@@ -214,22 +214,32 @@ class PictureConfig(_Model):
 
     enabled: bool = Field(default=True, description="run the picture checks on this camera")
     black_luma: float = Field(
-        default=20.0, ge=0, le=255, description="mean luma (0-255) below this: black picture"
-    )
-    frozen_after: Duration = Field(
-        default=300.0, ge=10, le=86400, description="identical frames this long: frozen picture"
-    )
-    sharpness_min: float = Field(
         default=20.0,
         ge=0,
-        le=10000,
-        description="detail (Laplacian variance at 320 px) below this: covered or defocused",
+        le=255,
+        description="mean luma (0-255) below this: black picture (a lit kitchen reads 100-150)",
+    )
+    frozen_after: Duration = Field(
+        default=300.0,
+        ge=1,
+        le=86400,
+        description="picture unchanged this long: frozen (set well above the keyframe interval)",
+    )
+    sharpness_min: float = Field(
+        default=250.0,
+        ge=0,
+        le=100000,
+        description="detail below this: covered or defocused (Laplacian variance at 160 px, "
+        "75th-percentile cell of a 4x8 grid; lit kitchens read > 1000)",
     )
     warn_after: Duration = Field(
         default=60.0, ge=0, le=86400, description="black/covered this long before a warning"
     )
     clear_after: Duration = Field(
-        default=30.0, ge=0, le=86400, description="condition gone this long before it clears"
+        default=30.0,
+        ge=0,
+        le=86400,
+        description="black/covered gone this long before it clears (frozen clears at once)",
     )
 
 

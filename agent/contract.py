@@ -99,8 +99,10 @@ def camera_status(
     transition: Transition | None = None,
     outage: Outage | None = None,
     picture: Sequence[str] = (),
+    reason: str = "refresh",
 ) -> dict[str, Any]:
-    """Payload of ``camera/<id>/status``: on a state change (``transition``) or a refresh."""
+    """Payload of ``camera/<id>/status``: on a state change (``transition``), a picture
+    warning starting or clearing (``reason`` ``picture:+black`` ...), or a refresh."""
     camera = config.cameras[camera_id]
     state = health["state"] if transition is None else transition.new.value
     body: dict[str, Any] = {
@@ -113,7 +115,7 @@ def camera_status(
         "state": state,
         "previous": state if transition is None else transition.old.value,
         "since": utc_iso(health["since"] if transition is None else transition.wall),
-        "reason": "refresh" if transition is None else transition.reason,
+        "reason": reason if transition is None else transition.reason,
         "last_frame_age_s": health.get("last_frame_age_s"),
         "fps": health.get("fps", 0.0),
         "expected_fps": health.get("expected_fps"),

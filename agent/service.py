@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -35,6 +36,7 @@ from agent.detect import Detector, load_model_package
 from agent.errors import AgentError, OutboxError
 from agent.ingest import CameraReader, CameraState, Frame, FrameRing, FrameSlot, Transition
 from agent.outbox import AlertRecord, Outage, Outbox
+from agent.picture import PictureMonitor
 from agent.redact import RedactingFilter
 from agent.rules import Alert, RuleEngine
 from agent.uplink import Uplink
@@ -140,6 +142,7 @@ class Agent:
         self.rules = RuleEngine(config.rules, package.thresholds)
         self.uplink = Uplink(config, self.outbox, on_command=self._on_command)
         self._wake = threading.Event()
+        self.pictures: dict[str, PictureMonitor] = {}
         self.readers: dict[str, CameraReader] = {}
         self.slots: dict[str, FrameSlot] = {}
         # Main (full-resolution) streams, keyframes only, for evidence snapshots.
@@ -150,6 +153,7 @@ class Agent:
                 continue
             slot = FrameSlot(self._wake)
             self.slots[camera_id] = slot
+            self.pictures[camera_id] = PictureMonitor(camera.picture)
             self.readers[camera_id] = CameraReader(
                 camera_id,
                 camera,
@@ -257,6 +261,7 @@ class Agent:
         self.inferences += 1
         self.frames_analysed += len(frames)
         for frame, detections in zip(frames, results, strict=True):
+            self._check_picture(frame)
             for alert in self.rules.update(
                 frame.camera_id, detections, mono=frame.mono, wall=frame.wall, frame=frame.image
             ):
@@ -270,6 +275,23 @@ class Agent:
             if main is not None:
                 return main.image, "main"
         return alert.frame, "sub"
+
+    def _check_picture(self, frame: Frame) -> None:
+        """Run the picture checks; a warning that starts or clears updates the camera status."""
+        events = self.pictures[frame.camera_id].update(frame.image, frame.mono)
+        for event in events:
+            if event.active:
+                logger.warning(
+                    "camera %s: picture %s: %s",
+                    frame.camera_id,
+                    event.condition.value,
+                    event.detail,
+                )
+            else:
+                logger.info("camera %s: picture %s cleared", frame.camera_id, event.condition.value)
+        if events:
+            changed = ",".join(f"{'+' if e.active else '-'}{e.condition.value}" for e in events)
+            self._publish_status(frame.camera_id, reason=f"picture:{changed}")
 
     def _store_alert(self, alert: Alert) -> None:
         saved = None
@@ -367,8 +389,9 @@ class Agent:
         *,
         transition: Transition | None = None,
         outage: Outage | None = None,
+        reason: str = "refresh",
     ) -> None:
-        """Commit a retained camera status: on a state change, or as a periodic refresh."""
+        """Commit a retained camera status: on a state change, a picture warning, or a refresh."""
         msg_id = uuid.uuid4().hex
         body = contract.camera_status(
             self.config,
@@ -378,6 +401,8 @@ class Agent:
             now=time.time(),
             transition=transition,
             outage=outage,
+            picture=sorted(c.value for c in self.pictures[camera_id].active),
+            reason=reason,
         )
         try:
             self.outbox.enqueue(
@@ -432,6 +457,11 @@ class Agent:
     def health(self) -> dict[str, Any]:
         """Everything the heartbeat reports, as plain data."""
         cameras = {cid: r.snapshot() for cid, r in self.readers.items()}
+        for cid, monitor in self.pictures.items():
+            cameras[cid]["picture"] = sorted(c.value for c in monitor.active)
+            cameras[cid]["picture_metrics"] = {
+                k: round(v, 2) for k, v in monitor.metrics().items() if math.isfinite(v)
+            }
         for cid, main in self.main_readers.items():
             snap = main.snapshot()
             cameras[cid]["main_stream"] = {

@@ -527,3 +527,39 @@ def test_evidence_comes_from_the_main_stream_when_configured(
     assert main_health["width"] == 1280
     code, _ = agent.terminate()
     assert code == 0, agent.log[-3000:]
+
+
+def test_black_picture_raises_a_camera_warning(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    mqtt_collector: CollectorFactory,
+    model_dir: Path,
+    tmp_path: Path,
+    agents: list[AgentProcess],
+) -> None:
+    """A camera streaming black is online but warns 'black' after warn_after, once."""
+    black = clip_factory("black.mp4", seconds=3, squares=lambda _i: [(0.5, 0.5, 2.0, (0, 0, 0))])
+    server = rtsp_server_factory({"/kitchen": black})
+    config = write_config(tmp_path, broker, server.url("/kitchen"), model_dir)
+    data = yaml.safe_load(config.read_text())
+    data["cameras"]["kitchen-1"]["picture"] = {"warn_after": 2, "clear_after": 2}
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    collector = mqtt_collector(broker.url, f"{ROOT}/#")
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    warned = collector.wait_for(
+        lambda ms: any(json.loads(m.payload)["reason"] == "picture:+black" for m in ms),
+        30,
+        topic_filter=f"{ROOT}/camera/kitchen-1/status",
+    )
+    status = next(json.loads(m.payload) for m in warned if b"picture:+black" in m.payload)
+    jsonschema.validate(status, load_schema("camera_status"))
+    assert status["state"] == "online"
+    assert status["picture"] == ["black"]
+    time.sleep(3)
+    reasons = [p["reason"] for p in payloads(collector, "camera/kitchen-1/status")]
+    assert reasons.count("picture:+black") == 1
+    code, _ = agent.terminate()
+    assert code == 0, agent.log[-3000:]
+    assert "picture black" in agent.log
