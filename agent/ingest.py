@@ -45,8 +45,6 @@ ERROR_RING = 20
 HOUR = 3600.0
 FPS_WINDOW = 5.0  # seconds of packets behind the input fps
 DETECT_FPS_WINDOW = 60.0  # seconds of analysed frames behind the detection fps
-#: A frame is due when this share of the detection interval has passed (keyframes jitter).
-DUE_FRACTION = 0.9
 
 
 class CameraState(str, enum.Enum):
@@ -145,6 +143,38 @@ class FrameRing:
         if best is None or abs(best.wall - wall) > within:
             return None
         return best
+
+
+class Sampler:
+    """Picks the frames detection gets: one per interval, on the stream's own clock.
+
+    Deciding on stream timestamps rather than on when a frame finished decoding keeps a
+    steady one frame per interval when the CPU is contended (decode times bunch up, stream
+    times do not). The schedule is a grid (due, due + interval, ...), so in full-decode
+    mode it can also tell that the next due frame is the next keyframe, and the rest of
+    the GOP need not be decoded at all.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.tolerance = min(0.05, interval * 0.1)  # about one frame of a 25 fps stream
+        self.next_due: float | None = None
+
+    def due(self, t: float) -> bool:
+        """Whether the frame at stream time ``t`` should be analysed."""
+        nxt = self.next_due
+        if nxt is not None and (t < nxt - 2 * self.interval or t > nxt + 10 * self.interval):
+            self.next_due = nxt = None  # the clock jumped: a reconnect, a loop, a pts reset
+        return nxt is None or t >= nxt - self.tolerance
+
+    def taken(self, t: float) -> None:
+        """Record that the frame at ``t`` was analysed."""
+        nxt = (self.next_due if self.next_due is not None else t) + self.interval
+        self.next_due = nxt if nxt > t else t + self.interval  # fell behind: realign
+
+    def wait_for_keyframe(self, next_key: float) -> bool:
+        """Whether nothing before the keyframe at ``next_key`` will be due."""
+        return self.next_due is not None and self.next_due >= next_key - self.tolerance
 
 
 class Backoff:
@@ -250,7 +280,6 @@ class CameraReader:
         self._since = time.time()
         self._started_mono = time.monotonic()
         self._last_frame_mono: float | None = None
-        self._last_emit_mono: float | None = None
         self._last_frame_wall: float | None = None
         self._fps_window: collections.deque[float] = collections.deque(maxlen=4096)
         self._emit_times: collections.deque[float] = collections.deque(maxlen=4096)
@@ -474,6 +503,8 @@ class CameraReader:
         got_frame = False
         pace_origin: tuple[float, float] | None = None  # (pts seconds, mono) for file pacing
         session_start = time.monotonic()
+        sampler = Sampler(cfg.detect_interval)
+        skip_to_key = False  # full decode: the rest of this GOP holds no due frame
         for packet in container.demux(stream):
             if self.stop.is_set():
                 break
@@ -481,23 +512,16 @@ class CameraReader:
                 continue
             mono = time.monotonic()
             pts = float(packet.pts * time_base) if packet.pts is not None else None
-            with self._lock:
-                self.stats.packets += 1
-                self._fps_window.append(mono)
-                last_frame = self._last_frame_mono
-            # Stall watchdog: packets that never decode into a picture are no better than
-            # no packets. Allow a few GOPs, since keyframes-only decoding waits for one.
-            patience = max(cfg.stall_timeout, 3 * (self.stats.gop_seconds or 0.0))
-            if mono - max(last_frame or 0.0, session_start) > patience:
-                raise _SessionError(
-                    f"no decodable frame for {patience:.0f} s although data arrives", got_frame
-                ) from TimeoutError("stall")
+            self._count_packet(mono, session_start, got_frame)
             if packet.is_keyframe:
                 key_time = pts if pts is not None else mono
                 mode = self._on_keyframe(ctx, key_time, last_key_pts, mode)
                 last_key_pts = key_time
+                skip_to_key = False
             if cfg.is_file and pts is not None:
                 pace_origin = self._pace(pts, pace_origin)
+            if skip_to_key:
+                continue
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError as exc:
@@ -511,8 +535,31 @@ class CameraReader:
                     continue
                 need_key = False
                 got_frame = True
-                self._on_decoded(frame)
+                t = frame.time if frame.time is not None else time.monotonic() - session_start
+                due = sampler.due(t)
+                if due:
+                    sampler.taken(t)
+                self._on_decoded(frame, due)
+                gop = self.stats.gop_seconds
+                if due and mode == "all" and gop and last_key_pts is not None:
+                    skip_to_key = sampler.wait_for_keyframe(last_key_pts + gop)
         return got_frame
+
+    def _count_packet(self, mono: float, session_start: float, got_frame: bool) -> None:
+        """Count a packet; raise when data keeps coming but no picture decodes (stall watchdog).
+
+        Packets that never decode into a picture are no better than no packets. A few GOPs
+        are allowed, since keyframes-only decoding waits for one.
+        """
+        with self._lock:
+            self.stats.packets += 1
+            self._fps_window.append(mono)
+            last_frame = self._last_frame_mono
+        patience = max(self.config.stall_timeout, 3 * (self.stats.gop_seconds or 0.0))
+        if mono - max(last_frame or 0.0, session_start) > patience:
+            raise _SessionError(
+                f"no decodable frame for {patience:.0f} s although data arrives", got_frame
+            ) from TimeoutError("stall")
 
     def _on_keyframe(
         self, ctx: av.VideoCodecContext, key_time: float, last: float | None, mode: str
@@ -546,7 +593,7 @@ class CameraReader:
         ctx.skip_frame = "NONKEY" if mode == "keyframes" else "DEFAULT"
         self.stats.decode_mode = mode
 
-    def _on_decoded(self, frame: av.VideoFrame) -> None:
+    def _on_decoded(self, frame: av.VideoFrame, due: bool) -> None:
         mono = time.monotonic()
         transition = None
         with self._lock:
@@ -559,12 +606,7 @@ class CameraReader:
                     self.stats.blips += 1  # dropped and back before offline_after
             if self._state is not CameraState.ONLINE:
                 transition = self._set_state(CameraState.ONLINE, "frames")
-            due = (
-                self._last_emit_mono is None
-                or mono - self._last_emit_mono >= self.config.detect_interval * DUE_FRACTION
-            )
             if due:
-                self._last_emit_mono = mono
                 self._emit_times.append(mono)
                 self.stats.analysed += 1
         if transition is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -12,10 +13,20 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from services import ClipFactory, RtspServerFactory, free_port
 
 from agent.config import CameraConfig, parse_config
-from agent.ingest import Backoff, CameraReader, CameraState, Frame, FrameSlot, Transition
+from agent.ingest import (
+    Backoff,
+    CameraReader,
+    CameraState,
+    Frame,
+    FrameSlot,
+    Sampler,
+    Transition,
+)
 
 SECRET = "Kitchen-Pa55!"
 
@@ -330,3 +341,54 @@ def test_wrong_path_is_not_found(
     h = harness(camera(server.url("/other"), open_timeout=3))
     h.wait(lambda: h.reader.snapshot()["last_error_class"] != "", 20, "an error")
     assert h.reader.snapshot()["last_error_class"] == "not_found"
+
+
+def test_full_decode_skips_the_rest_of_a_gop_with_no_due_frame(
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    harness: Callable[[CameraConfig], Harness],
+) -> None:
+    """GOP 2 s, one frame per second: decode up to the 1 s frame, then skip to the next keyframe."""
+    server = rtsp_server_factory({"/cam": clip_factory(seconds=8, fps=10, gop=20)})
+    h = harness(camera(server.url("/cam"), detect_interval=1.0))
+    h.wait(lambda: len(h.frames) >= 7, 25, "7 analysed frames")
+    snap = h.reader.snapshot()
+    assert snap["decode_mode"] == "all"
+    # About 11 of every 20 frames are decoded (keyframe .. the 1 s frame), not all 20.
+    assert snap["decoded"] <= 0.7 * snap["packets"], snap
+    gaps = [b.mono - a.mono for a, b in itertools.pairwise(h.frames)]
+    assert all(0.6 <= g <= 1.4 for g in gaps[2:]), gaps
+
+
+@given(
+    fps=st.sampled_from([5, 10, 12.5, 15, 25, 30]),
+    interval=st.sampled_from([0.5, 1.0, 2.0, 3.0]),
+    seconds=st.integers(min_value=10, max_value=60),
+    start=st.floats(min_value=0, max_value=1e5),
+)
+def test_sampler_takes_one_frame_per_interval(
+    fps: float, interval: float, seconds: int, start: float
+) -> None:
+    """On a steady stream the sampler takes one frame per interval (never two within one)."""
+    sampler = Sampler(interval)
+    taken = []
+    for i in range(int(seconds * fps)):
+        t = start + i / fps
+        if sampler.due(t):
+            sampler.taken(t)
+            taken.append(t)
+    expected = seconds / max(interval, 1 / fps)
+    assert abs(len(taken) - expected) <= 1.5
+    assert all(
+        b - a >= min(interval, 1 / fps) * 0.999 - sampler.tolerance
+        for a, b in itertools.pairwise(taken)
+    )
+
+
+def test_sampler_recovers_from_clock_jumps() -> None:
+    """A stream clock that jumps back (reconnect, loop) or far ahead restarts the schedule."""
+    sampler = Sampler(1.0)
+    for t in (100.0, 101.0, 3.0, 4.0, 5000.0):
+        assert sampler.due(t)
+        sampler.taken(t)
+    assert not sampler.due(5000.5)
