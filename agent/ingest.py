@@ -320,6 +320,7 @@ class CameraReader:
         """
         mono = time.monotonic() if mono is None else mono
         cfg = self.config
+        recent: list[tuple[float, str]] = []
         with self._lock:
             if self._state is CameraState.OFFLINE:
                 return None
@@ -329,6 +330,7 @@ class CameraReader:
             if age >= cfg.offline_after:
                 reason = error or ("stall" if last is not None else "no_frames")
                 transition = self._set_state(CameraState.OFFLINE, reason)
+                recent = list(self.errors)[-5:]
             elif self._state is CameraState.ONLINE and age >= cfg.stall_timeout:
                 self.stats.stalls += 1
                 self._stall_times.append(mono)
@@ -336,6 +338,15 @@ class CameraReader:
             else:
                 return None
         self._announce(transition)
+        if transition.new is CameraState.OFFLINE:
+            # The error ring is printed only now, when it explains an outage.
+            for stamp, text in recent:
+                logger.warning(
+                    "camera %s: error at %s: %s",
+                    self.label,
+                    time.strftime("%H:%M:%S", time.localtime(stamp)),
+                    text,
+                )
         return transition
 
     # ------------------------------------------------------------------ state
@@ -396,8 +407,6 @@ class CameraReader:
         kind = self._record_error(exc.__cause__ or exc)
         if not self.stop.is_set():
             logger.warning("camera %s (%s): %s [%s]", self.label, self.display_url, exc, kind)
-            for stamp, text in list(self.errors)[-5:-1]:
-                logger.debug("camera %s: earlier error at %.0f: %s", self.label, stamp, text)
         with self._lock:
             self.stats.reconnects += 1
             self._reconnect_times.append(time.monotonic())
