@@ -493,6 +493,9 @@ def test_camera_outage_is_reported_recorded_and_spares_other_cameras(
     jsonschema.validate(beat, load_schema("heartbeat"))
     assert beat["cameras"]["kitchen-2"]["state"] == "online"
     assert beat["cameras"]["kitchen-1"]["reconnects"] >= 1
+    # The healthy camera kept its pace through the other's outage.
+    assert beat["cameras"]["kitchen-2"]["detect_fps"] >= 0.8
+    assert beat["cameras"]["kitchen-2"]["reconnects"] == 0
 
 
 def test_evidence_comes_from_the_main_stream_when_configured(
