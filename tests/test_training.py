@@ -16,19 +16,13 @@ import numpy as np
 import pytest
 import yaml
 
+from agent.datasets import AGENT_LABELS as agent_labels
 from agent.detect import Detector, load_model_package
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
 TRAIN_PYTHON = REPO / ".venv-train" / "bin" / "python"
-AGENT_LABELS = [
-    "face_mask",
-    "face_no_mask",
-    "head_covered",
-    "head_bare",
-    "person_uniform",
-    "person_no_uniform",
-]
+AGENT_LABELS = list(agent_labels)
 
 
 @pytest.fixture(scope="module")
