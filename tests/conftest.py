@@ -20,11 +20,13 @@ from services import (
     CollectorFactory,
     MissingDependencyError,
     MqttCollector,
+    Pki,
     RtspServer,
     RtspServerFactory,
     ServiceError,
     SquaresFn,
     make_clip,
+    make_test_pki,
 )
 
 SAMPLE_VIDEO = (
@@ -37,10 +39,14 @@ def broker_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerF
     """Start mosquitto brokers on demand (``users`` → password file, no anonymous access)."""
     brokers: list[Broker] = []
 
-    def make(users: Mapping[str, str] | None = None) -> Broker:
+    def make(
+        users: Mapping[str, str] | None = None,
+        tls: Pki | None = None,
+        require_client_cert: bool = False,
+    ) -> Broker:
         workdir = tmp_path_factory.mktemp("mosquitto")
         try:
-            broker = Broker(workdir, users=users)
+            broker = Broker(workdir, users=users, tls=tls, require_client_cert=require_client_cert)
         except MissingDependencyError as exc:
             pytest.fail(str(exc), pytrace=False)
         brokers.append(broker)
@@ -163,3 +169,12 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDiskFactory]:
     yield make
     for path in reversed(mounts):
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture(scope="session")
+def test_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throw-away CA, server and client certificates for TLS tests (made once per session)."""
+    try:
+        return make_test_pki(tmp_path_factory.mktemp("pki"))
+    except MissingDependencyError as exc:
+        pytest.fail(str(exc), pytrace=False)

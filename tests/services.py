@@ -127,6 +127,77 @@ def find_mosquitto() -> tuple[str, str]:
     return broker, passwd
 
 
+@dataclass(frozen=True)
+class Pki:
+    """Certificates made by the tests with openssl: a CA, a server, clients (one of another CA)."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca_cert: Path
+    stranger_cert: Path  # a client certificate signed by the other CA
+    stranger_key: Path
+
+
+def _openssl(*args: str) -> None:
+    done = subprocess.run(["openssl", *args], capture_output=True, check=False, timeout=60)
+    if done.returncode != 0:
+        raise ServiceError(f"openssl {args[0]} failed: {done.stderr.decode(errors='replace')}")
+
+
+def make_test_pki(directory: Path) -> Pki:
+    """Make a throw-away PKI for TLS tests: server certificate valid for 127.0.0.1/localhost.
+
+    Raises:
+        ServiceError: openssl is missing or failed.
+    """
+    if shutil.which("openssl") is None:
+        raise MissingDependencyError("openssl is not installed: apt-get install openssl")
+    directory.mkdir(parents=True, exist_ok=True)
+    d = directory
+
+    def ca(name: str) -> tuple[Path, Path]:
+        cert, key = d / f"{name}.crt", d / f"{name}.key"
+        _openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert),
+        )  # fmt: skip
+        return cert, key
+
+    def leaf(name: str, ca_pair: tuple[Path, Path], *, server: bool) -> tuple[Path, Path]:
+        cert, key, csr, ext = (d / f"{name}.{x}" for x in ("crt", "key", "csr", "ext"))
+        _openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+            "-keyout", str(key), "-out", str(csr),
+        )  # fmt: skip
+        usage = "serverAuth" if server else "clientAuth"
+        san = "subjectAltName=IP:127.0.0.1,DNS:localhost\n" if server else ""
+        ext.write_text(f"{san}extendedKeyUsage={usage}\n")
+        _openssl(
+            "x509", "-req", "-in", str(csr), "-CA", str(ca_pair[0]), "-CAkey", str(ca_pair[1]),
+            "-CAcreateserial", "-days", "2", "-out", str(cert), "-extfile", str(ext),
+        )  # fmt: skip
+        return cert, key
+
+    main_ca = ca("test-ca")
+    other_ca = ca("other-ca")
+    server = leaf("server", main_ca, server=True)
+    client = leaf("box-01", main_ca, server=False)
+    stranger = leaf("stranger", other_ca, server=False)
+    return Pki(
+        main_ca[0],
+        server[0],
+        server[1],
+        client[0],
+        client[1],
+        other_ca[0],
+        stranger[0],
+        stranger[1],
+    )
+
+
 class Broker:
     """A real mosquitto broker on a free loopback port, configured in ``workdir``.
 
@@ -137,10 +208,18 @@ class Broker:
     host = LOOPBACK
 
     def __init__(
-        self, workdir: Path, *, users: Mapping[str, str] | None = None, port: int = 0
+        self,
+        workdir: Path,
+        *,
+        users: Mapping[str, str] | None = None,
+        port: int = 0,
+        tls: Pki | None = None,
+        require_client_cert: bool = False,
     ) -> None:
         self.workdir = workdir
         self.users = dict(users or {})
+        self.tls = tls
+        self.require_client_cert = require_client_cert
         self._fixed_port = port != 0
         self.port = port or free_port()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -151,8 +230,9 @@ class Broker:
 
     @property
     def url(self) -> str:
-        """Return ``mqtt://127.0.0.1:PORT``."""
-        return f"mqtt://{self.host}:{self.port}"
+        """Return ``mqtt://127.0.0.1:PORT`` (``mqtts://`` with TLS)."""
+        scheme = "mqtts" if self.tls is not None else "mqtt"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def url_with(self, user: str, password: str) -> str:
         """Return the broker URL carrying ``user:password@`` (percent-encoded)."""
@@ -186,6 +266,13 @@ class Broker:
             "log_type information",
             "connection_messages true",
         ]
+        if self.tls is not None:
+            lines += [
+                f"cafile {self.tls.ca_cert}",
+                f"certfile {self.tls.server_cert}",
+                f"keyfile {self.tls.server_key}",
+                f"require_certificate {'true' if self.require_client_cert else 'false'}",
+            ]
         if self.users:
             self._write_passwords()
             lines += ["allow_anonymous false", f"password_file {self.password_path}"]
@@ -1013,7 +1100,12 @@ def make_clip(
 class BrokerFactory(Protocol):
     """The ``broker_factory`` fixture: start another broker."""
 
-    def __call__(self, users: Mapping[str, str] | None = None) -> Broker: ...
+    def __call__(
+        self,
+        users: Mapping[str, str] | None = None,
+        tls: Pki | None = None,
+        require_client_cert: bool = False,
+    ) -> Broker: ...
 
 
 class CollectorFactory(Protocol):

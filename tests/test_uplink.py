@@ -12,10 +12,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from services import Broker, BrokerFactory, CollectorFactory, MqttCollector
+from services import Broker, BrokerFactory, CollectorFactory, MqttCollector, Pki
 
 from agent.config import AgentConfig, parse_config
 from agent.contract import load_schema
+from agent.errors import UplinkError
 from agent.outbox import Outbox
 from agent.uplink import Uplink
 
@@ -187,6 +188,7 @@ VANISHING_BOX = """
 import sys, time
 from agent.config import parse_config
 from agent.outbox import Outbox
+from agent.errors import UplinkError
 from agent.uplink import Uplink
 from pathlib import Path
 cfg = parse_config(
@@ -225,3 +227,85 @@ def test_last_will_marks_a_vanished_box_offline(broker: Broker, tmp_path: Path) 
             collector.close()
     finally:
         proc.kill()
+
+
+def deliver_over(config: AgentConfig, tmp_path: Path, timeout: float = 10.0) -> Uplink:
+    """Start an uplink with one queued alert; return it (stopped) after waiting for delivery."""
+    box = Outbox(tmp_path / "agent.db")
+    box.enqueue(f"{ROOT}/alert", b'{"id":"tls-1"}', kind="alert")
+    uplink = start_uplink(config, box)
+    try:
+        deadline = time.monotonic() + timeout
+        while box.backlog() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        uplink.stop()
+    return uplink
+
+
+def test_tls_with_the_platform_ca(
+    broker_factory: BrokerFactory, test_pki: Pki, tmp_path: Path
+) -> None:
+    """mqtts:// with the platform's CA: the server certificate is verified, the alert delivered."""
+    broker = broker_factory(tls=test_pki)
+    uplink = deliver_over(make_config(broker.url, tls={"ca_file": str(test_pki.ca_cert)}), tmp_path)
+    assert uplink.acked == 1
+    assert uplink.connects >= 1
+
+
+def test_tls_refuses_a_server_from_another_ca(
+    broker_factory: BrokerFactory, test_pki: Pki, tmp_path: Path
+) -> None:
+    """A broker whose certificate the configured CA did not sign is never trusted."""
+    broker = broker_factory(tls=test_pki)
+    config = make_config(broker.url, tls={"ca_file": str(test_pki.other_ca_cert)})
+    uplink = deliver_over(config, tmp_path, timeout=3)
+    assert uplink.connects == 0
+    assert uplink.acked == 0
+    assert Outbox(tmp_path / "agent.db").backlog() == {"alert": 1}
+
+
+def test_mutual_tls_with_the_box_certificate(
+    broker_factory: BrokerFactory, test_pki: Pki, tmp_path: Path
+) -> None:
+    """A broker that requires client certificates accepts the box's and refuses a stranger's."""
+    broker = broker_factory(tls=test_pki, require_client_cert=True)
+    good = make_config(
+        broker.url,
+        tls={
+            "ca_file": str(test_pki.ca_cert),
+            "cert_file": str(test_pki.client_cert),
+            "key_file": str(test_pki.client_key),
+        },
+    )
+    assert deliver_over(good, tmp_path / "good").acked == 1
+    stranger = make_config(
+        broker.url,
+        tls={
+            "ca_file": str(test_pki.ca_cert),
+            "cert_file": str(test_pki.stranger_cert),
+            "key_file": str(test_pki.stranger_key),
+        },
+    )
+    refused = deliver_over(stranger, tmp_path / "stranger", timeout=3)
+    assert refused.connects == 0
+    no_cert = deliver_over(
+        make_config(broker.url, tls={"ca_file": str(test_pki.ca_cert)}),
+        tmp_path / "none",
+        timeout=3,
+    )
+    assert no_cert.connects == 0
+
+
+def test_unreadable_tls_material_is_a_clear_error(test_pki: Pki, tmp_path: Path) -> None:
+    """A missing key file is an UplinkError naming mqtt.tls, not a traceback from ssl."""
+    config = make_config(
+        "mqtts://127.0.0.1:8883",
+        tls={
+            "ca_file": str(test_pki.ca_cert),
+            "cert_file": str(test_pki.client_cert),
+            "key_file": str(tmp_path / "nope.key"),
+        },
+    )
+    with pytest.raises(UplinkError, match=r"mqtt\.tls"):
+        Uplink(config, Outbox(tmp_path / "agent.db"))
