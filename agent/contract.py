@@ -194,6 +194,7 @@ def heartbeat(
     uplink: dict[str, Any],
     outbox: dict[str, Any],
     alerts: dict[str, Any],
+    system: dict[str, Any],
 ) -> dict[str, Any]:
     """Payload of ``heartbeat``: what the platform needs to judge this box's health."""
     online = sum(1 for c in cameras.values() if c.get("state") == "online")
@@ -207,6 +208,7 @@ def heartbeat(
         "cameras_total": len(cameras),
         "cameras_online": online,
         "cameras": cameras,
+        "system": system,
         "detector": detector,
         "uplink": uplink,
         "outbox": outbox,

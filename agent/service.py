@@ -39,6 +39,7 @@ from agent.outbox import AlertRecord, Outage, Outbox
 from agent.picture import PictureMonitor
 from agent.redact import RedactingFilter
 from agent.rules import Alert, RuleEngine
+from agent.telemetry import ProcessCpu, system_metrics
 from agent.uplink import Uplink
 
 logger = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ class Agent:
         self._unstored_lock = threading.Lock()
         self.alerts_dropped = 0
         self._heartbeat_now = threading.Event()
+        self._cpu = ProcessCpu()
         self._detect_turned = time.monotonic()
         self.inferences = 0
         self.inference_seconds = 0.0
@@ -472,8 +474,10 @@ class Agent:
         avg_ms = 1000 * self.inference_seconds / self.inferences if self.inferences else 0.0
         return {
             "cameras": cameras,
+            "system": system_metrics(self.config.storage.state_dir, self._cpu),
             "detector": {
                 "model": self.model_id,
+                "model_sha256": self.detector.package.sha256,
                 "backend": self.detector.backend_name,
                 "inferences": self.inferences,
                 "frames": self.frames_analysed,
@@ -504,6 +508,7 @@ class Agent:
             uplink=h["uplink"],
             outbox=h["outbox"],
             alerts=h["alerts"],
+            system=h["system"],
         )
         try:
             self.outbox.enqueue(

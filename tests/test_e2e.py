@@ -38,6 +38,7 @@ from services import (
 from synthetic_model import build_pattern_model
 
 from agent.contract import load_schema
+from agent.detect import load_model_package
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = "mclz/hz/s-001/box-01"
@@ -194,6 +195,10 @@ def test_alert_travels_the_whole_path(
     assert last["cameras"]["kitchen-1"]["state"] == "online"
     assert last["cameras_online"] == 1
     assert last["detector"]["inferences"] > 0
+    assert last["detector"]["model_sha256"] == load_model_package(model_dir).sha256
+    assert last["system"]["agent_rss_mb"] > 10
+    assert last["system"]["disk_free_gb"] > 0
+    assert len(last["system"]["load"]) == 3
 
     statuses = payloads(collector, "camera/kitchen-1/status")
     jsonschema.validate(statuses[0], load_schema("camera_status"))
