@@ -175,6 +175,12 @@ class MqttConfig(_Model):
     reconnect_min: Duration = Field(default=1.0, ge=0.1, le=60, description="first reconnect delay")
     reconnect_max: Duration = Field(default=120.0, ge=1, le=3600, description="reconnect delay cap")
     inflight: int = Field(default=20, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK")
+    max_rate: float = Field(
+        default=20.0,
+        ge=0,
+        le=10000,
+        description="messages per second at most, so a backlog cannot flood the platform (0: none)",
+    )
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings for mqtts://")
 
     @field_validator("url")
@@ -389,6 +395,13 @@ class StorageConfig(_Model):
     )
     message_ttl: Duration = Field(
         default=7 * 86400.0, ge=60, le=90 * 86400, description="undelivered messages expire after"
+    )
+    max_db_mb: float = Field(
+        default=1024.0,
+        ge=1,
+        le=1_000_000,
+        description="cap on undelivered data: heartbeats and status go first, then the oldest "
+        "evidence images, then the oldest alerts",
     )
 
 

@@ -366,11 +366,7 @@ class Outbox:
     def bump(self, name: str, by: int = 1) -> None:
         """Add ``by`` to a persistent counter (survives restarts; reported in heartbeats)."""
         with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO counters (name, value) VALUES (?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                (name, by),
-            )
+            self._bump_in(conn, name, by)
 
     # ------------------------------------------------------------------ sending
 
@@ -413,15 +409,94 @@ class Outbox:
             ).fetchall()
             conn.execute("DELETE FROM outbox WHERE expires_at <= ?", (now,))
             for kind, count in rows:
-                conn.execute(
-                    "INSERT INTO counters (name, value) VALUES (?, ?)"
-                    " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                    (f"expired_{kind}", count),
-                )
+                self._bump_in(conn, f"expired_{kind}", count)
         total = int(sum(count for _kind, count in rows))
         if total:
             logger.warning("%d undelivered message(s) expired after their TTL", total)
         return total
+
+    # ------------------------------------------------------------------ size cap
+
+    def used_bytes(self) -> int:
+        """Bytes of the database in use (pages on the freelist are reused, not counted)."""
+        with self._lock:
+            pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+            free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+            size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def enforce_cap(self, max_bytes: int, batch: int = 200) -> dict[str, int]:
+        """Evict undelivered data until the database uses at most ``max_bytes``.
+
+        The order is explicit: heartbeats, camera status and command replies first (they
+        describe a moment that has passed); then the evidence images of the oldest alerts
+        (the alert itself stays, marked ``evidence.evicted``); then the oldest alerts.
+        Every eviction is counted (``evicted_<what>``) for the next heartbeat.
+
+        Raises:
+            OutboxError: the database cannot be written.
+        """
+        evicted = {"telemetry": 0, "evidence": 0, "alert": 0}
+        while self.used_bytes() > max_bytes:
+            if self._evict_rows("kind != 'alert'", batch, evicted, "telemetry"):
+                continue
+            if self._strip_evidence(batch, evicted):
+                continue
+            if self._evict_rows("kind = 'alert'", batch, evicted, "alert"):
+                continue
+            break  # nothing left to evict: the rest is the alerts table and the schema
+        if any(evicted.values()):
+            logger.warning(
+                "outbox over its %.0f MB cap: evicted %d telemetry message(s), %d evidence "
+                "image(s), %d alert(s)",
+                max_bytes / 1e6,
+                evicted["telemetry"],
+                evicted["evidence"],
+                evicted["alert"],
+            )
+        return evicted
+
+    def _evict_rows(self, where: str, batch: int, evicted: dict[str, int], what: str) -> int:
+        with self._transaction() as conn:
+            count = conn.execute(
+                f"DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE {where}"  # noqa: S608 - fixed clauses
+                " ORDER BY seq LIMIT ?)",
+                (batch,),
+            ).rowcount
+            if count:
+                self._bump_in(conn, f"evicted_{what}", count)
+        evicted[what] += count
+        return int(count)
+
+    def _strip_evidence(self, batch: int, evicted: dict[str, int]) -> int:
+        """Drop the embedded JPEG of the oldest alerts that still carry one."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT seq, payload FROM outbox WHERE kind = 'alert'"
+                " AND instr(payload, 'data_b64') > 0 ORDER BY seq LIMIT ?",
+                (batch,),
+            ).fetchall()
+            for seq, payload in rows:
+                body = json.loads(bytes(payload))
+                evidence = body.get("evidence") or {}
+                evidence.pop("data_b64", None)
+                evidence["evicted"] = True
+                conn.execute(
+                    "UPDATE outbox SET payload = ? WHERE seq = ?",
+                    (json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), seq),
+                )
+            if rows:
+                self._bump_in(conn, "evicted_evidence", len(rows))
+        evicted["evidence"] += len(rows)
+        return len(rows)
+
+    @staticmethod
+    def _bump_in(conn: sqlite3.Connection, name: str, by: int) -> None:
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, by),
+        )
 
     # ------------------------------------------------------------------ reading
 

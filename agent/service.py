@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_TTL = 86400.0  # a heartbeat older than a day tells the platform nothing new
 STATUS_TTL = 7 * 86400.0
-EXPIRE_EVERY = 600.0
+EXPIRE_EVERY = 60.0  # TTL expiry and the size cap
 WATCHDOG_STALE = 30.0  # the detect loop must have turned within this many seconds
 MAX_UNSTORED_ALERTS = 1000
 MAIN_EVIDENCE_WITHIN = 1.0  # seconds between the detection and a usable main-stream keyframe
@@ -423,7 +423,7 @@ class Agent:
     def _health_loop(self) -> None:
         interval = self.config.heartbeat.interval
         next_beat = time.monotonic() + min(5.0, interval)
-        next_expire = time.monotonic() + 60.0
+        next_expire = time.monotonic() + 5.0  # a full database is dealt with at start
         watchdog = _watchdog_interval()
         next_watchdog = time.monotonic()
         try:
@@ -442,7 +442,7 @@ class Agent:
                     next_beat = now + interval
                 if now >= next_expire:
                     next_expire = now + EXPIRE_EVERY
-                    self.outbox.expire()
+                    self._housekeeping()
                 if watchdog is not None and now >= next_watchdog:
                     next_watchdog = now + watchdog
                     if now - self._detect_turned < WATCHDOG_STALE:
@@ -455,6 +455,14 @@ class Agent:
         except Exception:
             logger.exception("health thread crashed; stopping the agent so systemd restarts it")
             self.stop_event.set()
+
+    def _housekeeping(self) -> None:
+        """Expire messages past their TTL and keep the database under its size cap."""
+        try:
+            self.outbox.expire()
+            self.outbox.enforce_cap(int(self.config.storage.max_db_mb * 1e6))
+        except OutboxError as exc:
+            logger.error("outbox housekeeping failed: %s", exc)
 
     def health(self) -> dict[str, Any]:
         """Everything the heartbeat reports, as plain data."""

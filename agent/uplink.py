@@ -36,6 +36,40 @@ logger = logging.getLogger(__name__)
 REFUSED_RETRY = 60.0
 
 
+class TokenBucket:
+    """A rate limit of ``rate`` messages per second with bursts up to ``burst``; 0 is none."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.burst = burst if burst is not None else max(1.0, rate)
+        self._tokens = self.burst
+        self._stamp = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def available(self) -> int:
+        """Whole messages that may go now."""
+        if self.rate <= 0:
+            return 1 << 30
+        self._refill()
+        return int(self._tokens)
+
+    def take(self, count: int = 1) -> None:
+        """Spend ``count`` messages' worth."""
+        if self.rate > 0:
+            self._tokens -= count
+
+    def wait_time(self) -> float:
+        """Seconds until one more message may go."""
+        if self.rate <= 0:
+            return 0.0
+        self._refill()
+        return max(0.0, (1 - self._tokens) / self.rate)
+
+
 class Uplink:
     """One paho client, one drain thread; ``connected`` is true only after a successful CONNACK."""
 
@@ -72,6 +106,7 @@ class Uplink:
         self.disconnects = 0
         self.last_error = ""
         self._client = self._build_client()
+        self._bucket = TokenBucket(config.mqtt.max_rate)
         self._thread = threading.Thread(target=self._drain_loop, name="uplink-drain", daemon=True)
 
     # ------------------------------------------------------------------ setup
@@ -283,25 +318,33 @@ class Uplink:
 
     def _drain_loop(self) -> None:
         try:
+            pause = 1.0
             while not self._stop.is_set():
-                self._wake.wait(1.0)
+                self._wake.wait(pause)
                 self._wake.clear()
                 if self._stop.is_set():
                     break
-                if self.connected:
-                    self._fill_window()
+                pause = 1.0
+                if self.connected and self._fill_window():
+                    pause = max(0.01, min(1.0, self._bucket.wait_time()))  # rate limited
         except Exception:
             logger.exception("uplink: drain thread crashed")
 
-    def _fill_window(self) -> None:
+    def _fill_window(self) -> bool:
+        """Publish what the in-flight window and the rate limit allow; true if limited by rate."""
         with self._lock:
             free = self.config.mqtt.inflight - len(self._inflight)
             busy = set(self._inflight.values())
+        allowed = self._bucket.available()
         if free <= 0:
-            return
-        for message in self.outbox.due(free, exclude=busy):
+            return False
+        if allowed <= 0:
+            return True
+        due = self.outbox.due(min(free, allowed), exclude=busy)
+        for message in due:
             if not self.connected or self._stop.is_set():
-                return
+                return False
+            self._bucket.take()
             # Never hold self._lock across publish(): paho calls on_publish while holding its
             # own message mutex, which publish() also takes.
             info = self._client.publish(
@@ -317,6 +360,7 @@ class Uplink:
                     self._inflight[info.mid] = message.seq
             if early is not None:  # the PUBACK beat us to the registration
                 self._settle(message.seq, early)
+        return len(due) >= allowed
 
     def snapshot(self) -> dict[str, object]:
         """Link health as plain data."""

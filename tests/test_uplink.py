@@ -309,3 +309,22 @@ def test_unreadable_tls_material_is_a_clear_error(test_pki: Pki, tmp_path: Path)
     )
     with pytest.raises(UplinkError, match=r"mqtt\.tls"):
         Uplink(config, Outbox(tmp_path / "agent.db"))
+
+
+def test_publish_rate_limit_spreads_a_backlog(
+    broker: Broker, tmp_path: Path, mqtt_collector: CollectorFactory
+) -> None:
+    """A backlog drains no faster than max_rate (after one burst), all of it, in order."""
+    collector = mqtt_collector(broker.url, f"{ROOT}/heartbeat")
+    box = Outbox(tmp_path / "agent.db")
+    for i in range(60):
+        box.enqueue(f"{ROOT}/heartbeat", json.dumps({"id": f"h{i}"}).encode(), kind="heartbeat")
+    uplink = start_uplink(make_config(broker.url, max_rate=20), box)
+    try:
+        got = collector.wait_for(lambda ms: len(ms) >= 60, 30)
+    finally:
+        uplink.stop()
+    assert ids_on(collector, f"{ROOT}/heartbeat") == [f"h{i}" for i in range(60)]
+    # 20 may go at once (the burst), the other 40 at 20/s: at least about 2 s. Slowness of
+    # the machine can only make it longer, so this bound cannot flake.
+    assert got[-1].received_at - got[0].received_at >= 1.6
