@@ -39,6 +39,25 @@ class Evidence:
     source: str = "sub"  # which stream the picture came from: "sub" (detection) or "main"
 
 
+def encode_jpeg(frame: np.ndarray, config: EvidenceConfig) -> tuple[bytes, int, int]:
+    """``frame`` (downscaled to ``max_width``) as JPEG bytes, with its width and height.
+
+    Raises:
+        ValueError: OpenCV could not encode it.
+    """
+    height, width = frame.shape[:2]
+    if width > config.max_width:
+        scale = config.max_width / width
+        frame = cv2.resize(
+            frame, (config.max_width, round(height * scale)), interpolation=cv2.INTER_AREA
+        )
+        height, width = frame.shape[:2]
+    ok, buffer = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buffer.tobytes(), width, height
+
+
 def render(alert: Alert, frame: np.ndarray, config: EvidenceConfig) -> tuple[bytes, int, int]:
     """Draw the alert's boxes and caption on a copy of ``frame``; return JPEG bytes and size."""
     image = frame

@@ -13,6 +13,7 @@ agent keeps working; the event is recorded and reported in the next heartbeat.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import sqlite3
@@ -105,13 +106,49 @@ def _m005_camera_health(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m006_commands(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE outbox ADD COLUMN correlation BLOB")  # MQTT 5 correlation data
+    db.table("commands").create(
+        {
+            "seq": int,
+            "received_at": float,
+            "request_id": str,
+            "command": str,
+            "payload": bytes,
+            "ok": int,
+        },
+        pk="seq",
+        not_null=["received_at", "payload", "ok"],
+    )
+
+
+def _m007_alert_payloads(db: sqlite_utils.Database) -> None:
+    # The alert message as sent, without its embedded image (the JPEG stays on disk), so the
+    # platform can ask for alerts again ("resend") after the outbox row is gone.
+    db.execute("ALTER TABLE alerts ADD COLUMN payload TEXT")
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("001_outbox", _m001_outbox),
     ("002_alerts", _m002_alerts),
     ("003_counters", _m003_counters),
     ("004_camera_outages", _m004_camera_outages),
     ("005_camera_health", _m005_camera_health),
+    ("006_commands", _m006_commands),
+    ("007_alert_payloads", _m007_alert_payloads),
 )
+
+
+def _without_image(payload: bytes) -> str | None:
+    """The alert payload as text without its embedded JPEG (kept for resends)."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    evidence = body.get("evidence") if isinstance(body, dict) else None
+    if isinstance(evidence, dict):
+        evidence.pop("data_b64", None)
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +164,7 @@ class OutMessage:
     kind: str
     created_at: float
     attempts: int
+    correlation: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,11 +325,12 @@ class Outbox:
         msg_id: str,
         now: float,
         ttl: float,
+        correlation: bytes | None = None,
     ) -> None:
         conn.execute(
-            "INSERT INTO outbox (id, topic, payload, qos, retain, kind, created_at, expires_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (msg_id, topic, payload, qos, int(retain), kind, now, now + ttl),
+            "INSERT INTO outbox (id, topic, payload, qos, retain, kind, created_at, expires_at,"
+            " correlation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (msg_id, topic, payload, qos, int(retain), kind, now, now + ttl, correlation),
         )
 
     def enqueue(
@@ -304,6 +343,7 @@ class Outbox:
         retain: bool = False,
         msg_id: str | None = None,
         ttl: float | None = None,
+        correlation: bytes | None = None,
     ) -> str:
         """Commit one outgoing message and return its id.
 
@@ -323,6 +363,7 @@ class Outbox:
                 msg_id=msg_id,
                 now=now,
                 ttl=self.ttl if ttl is None else ttl,
+                correlation=correlation,
             )
         return msg_id
 
@@ -336,8 +377,8 @@ class Outbox:
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO alerts (id, camera, type, severity, started_at, raised_at,"
-                " confidence, detections, evidence_path, message_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " confidence, detections, evidence_path, message_id, payload)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     alert.id,
                     alert.camera,
@@ -349,6 +390,7 @@ class Outbox:
                     json.dumps(alert.detections),
                     alert.evidence_path,
                     alert.id,
+                    _without_image(payload),
                 ),
             )
             self._insert(
@@ -375,13 +417,24 @@ class Outbox:
         now = time.time()
         with self._lock:
             rows = self._conn.execute(
-                "SELECT seq, id, topic, payload, qos, retain, kind, created_at, attempts"
-                " FROM outbox WHERE next_attempt_at <= ? AND expires_at > ?"
+                "SELECT seq, id, topic, payload, qos, retain, kind, created_at, attempts,"
+                " correlation FROM outbox WHERE next_attempt_at <= ? AND expires_at > ?"
                 " ORDER BY seq LIMIT ?",
                 (now, now, limit + len(exclude)),
             ).fetchall()
         out = [
-            OutMessage(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5]), r[6], r[7], r[8])
+            OutMessage(
+                r[0],
+                r[1],
+                r[2],
+                bytes(r[3]),
+                r[4],
+                bool(r[5]),
+                r[6],
+                r[7],
+                r[8],
+                bytes(r[9]) if r[9] is not None else None,
+            )
             for r in rows
             if r[0] not in exclude
         ]
@@ -524,6 +577,69 @@ class Outbox:
             AlertRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "[]"), r[8])
             for r in rows
         ]
+
+    def requeue_alerts(self, since: float, until: float, topic: str) -> int:
+        """Queue the stored alerts raised in [since, until] again on ``topic``; return how many.
+
+        Alerts still waiting in the outbox are not doubled. The evidence image is attached
+        again from its file when the file is still there.
+        """
+        now = time.time()
+        count = 0
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, payload, evidence_path FROM alerts WHERE raised_at BETWEEN ? AND ?"
+                " AND payload IS NOT NULL AND id NOT IN (SELECT id FROM outbox)"
+                " ORDER BY raised_at",
+                (since, until),
+            ).fetchall()
+            for alert_id, text, evidence_path in rows:
+                body = json.loads(text)
+                evidence = body.get("evidence")
+                if isinstance(evidence, dict) and evidence_path:
+                    try:
+                        image = Path(evidence_path).read_bytes()
+                    except OSError:
+                        evidence["evicted"] = True
+                    else:
+                        evidence["data_b64"] = base64.b64encode(image).decode("ascii")
+                payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+                self._insert(
+                    conn,
+                    topic,
+                    payload,
+                    kind="alert",
+                    qos=1,
+                    retain=False,
+                    msg_id=alert_id,
+                    now=now,
+                    ttl=self.ttl,
+                )
+                count += 1
+        return count
+
+    # ------------------------------------------------------------------ commands
+
+    def record_command(
+        self, request_id: str | None, command: str, payload: bytes, *, ok: bool
+    ) -> None:
+        """Keep a record of a command from the platform (accepted or not)."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO commands (received_at, request_id, command, payload, ok)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (time.time(), request_id, command, payload, int(ok)),
+            )
+
+    def commands(self, limit: int = 100) -> list[tuple[float, str | None, str, bool]]:
+        """Recorded commands, newest first: (received_at, request id, command, ok)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT received_at, request_id, command, ok FROM commands"
+                " ORDER BY seq DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(r[0], r[1], r[2], bool(r[3])) for r in rows]
 
     # ------------------------------------------------------------------ camera outages
 

@@ -15,7 +15,7 @@ still in the outbox for the next start.
 
 from __future__ import annotations
 
-import json
+import base64
 import logging
 import math
 import os
@@ -25,12 +25,14 @@ import sys
 import threading
 import time
 import uuid
+from datetime import datetime
 from types import FrameType
 from typing import Any
 
 import numpy as np
 
 from agent import __version__, contract, evidence
+from agent.commands import CommandError, Commands, Handler
 from agent.config import AgentConfig, LoggingConfig
 from agent.detect import Detector, load_model_package
 from agent.errors import AgentError, OutboxError
@@ -141,7 +143,9 @@ class Agent:
                 "rules use labels the model %s does not have: %s", self.model_id, ", ".join(missing)
             )
         self.rules = RuleEngine(config.rules, package.thresholds)
-        self.uplink = Uplink(config, self.outbox, on_command=self._on_command)
+        self.commands = Commands(self.outbox, self.topics.command_reply, self._command_handlers())
+        self.uplink = Uplink(config, self.outbox, on_command=self.commands.handle)
+        self.commands.on_reply = self.uplink.wake
         self._wake = threading.Event()
         self.pictures: dict[str, PictureMonitor] = {}
         self.readers: dict[str, CameraReader] = {}
@@ -149,7 +153,24 @@ class Agent:
         # Main (full-resolution) streams, keyframes only, for evidence snapshots.
         self.main_readers: dict[str, CameraReader] = {}
         self.main_rings: dict[str, FrameRing] = {}
-        for camera_id, camera in config.cameras.items():
+        self._build_cameras()
+        # Alerts that could not be committed (disk full), oldest first, retried by health.
+        self._unstored: list[tuple[AlertRecord, bytes]] = []
+        self._unstored_lock = threading.Lock()
+        self.alerts_dropped = 0
+        self._heartbeat_now = threading.Event()
+        self._last_frames: dict[str, Frame] = {}  # newest analysed frame per camera
+        self._cpu = ProcessCpu()
+        self._detect_turned = time.monotonic()
+        self.inferences = 0
+        self.inference_seconds = 0.0
+        self.frames_analysed = 0
+        self.alerts_by_type: dict[str, int] = {}
+        self._detect_thread = threading.Thread(target=self._detect_loop, name="detect", daemon=True)
+        self._health_thread = threading.Thread(target=self._health_loop, name="health", daemon=True)
+
+    def _build_cameras(self) -> None:
+        for camera_id, camera in self.config.cameras.items():
             if not camera.enabled:
                 continue
             slot = FrameSlot(self._wake)
@@ -169,19 +190,6 @@ class Agent:
                 self.main_readers[camera_id] = CameraReader(
                     camera_id, main, stop=self.stop_event, slot=ring, role="main"
                 )
-        # Alerts that could not be committed (disk full), oldest first, retried by health.
-        self._unstored: list[tuple[AlertRecord, bytes]] = []
-        self._unstored_lock = threading.Lock()
-        self.alerts_dropped = 0
-        self._heartbeat_now = threading.Event()
-        self._cpu = ProcessCpu()
-        self._detect_turned = time.monotonic()
-        self.inferences = 0
-        self.inference_seconds = 0.0
-        self.frames_analysed = 0
-        self.alerts_by_type: dict[str, int] = {}
-        self._detect_thread = threading.Thread(target=self._detect_loop, name="detect", daemon=True)
-        self._health_thread = threading.Thread(target=self._health_loop, name="health", daemon=True)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -257,6 +265,8 @@ class Agent:
             self.stop_event.set()
 
     def _analyse(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            self._last_frames[frame.camera_id] = frame
         t0 = time.perf_counter()
         results = self.detector.detect_batch([f.image for f in frames])
         self.inference_seconds += time.perf_counter() - t0
@@ -533,50 +543,64 @@ class Agent:
 
     # ------------------------------------------------------------------ commands
 
-    def _on_command(self, payload: bytes) -> None:
-        request_id: str | None = None
-        try:
-            try:
-                request = json.loads(payload)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ValueError(f"payload is not JSON: {exc}") from None
-            if not isinstance(request, dict):
-                raise ValueError("payload must be a JSON object")  # noqa: TRY004 - reported as a reply
-            rid = request.get("id")
-            request_id = rid if isinstance(rid, str) and 0 < len(rid) <= 128 else None
-            if request_id is None:
-                raise ValueError("'id' must be a string of 1-128 characters")
-            command = request.get("command")
-            result: Any
-            if command == "ping":
-                result = {"pong": True, "agent_version": __version__}
-            elif command == "heartbeat":
-                self._heartbeat_now.set()
-                result = {"scheduled": True}
-            elif command == "status":
-                result = self.health()
-            else:
-                raise ValueError(f"unknown command {command!r} (known: ping, heartbeat, status)")
-            body = contract.command_reply(
-                request_id, ok=True, msg_id=uuid.uuid4().hex, now=time.time(), result=result
+    # ------------------------------------------------------------------ commands
+
+    def _command_handlers(self) -> dict[str, Handler]:
+        return {
+            "ping": lambda _args: {"pong": True, "agent_version": __version__},
+            "heartbeat": self._cmd_heartbeat,
+            "status": lambda _args: self.health(),
+            "snapshot": self._cmd_snapshot,
+            "resend": self._cmd_resend,
+        }
+
+    def _cmd_heartbeat(self, _args: dict[str, Any]) -> dict[str, Any]:
+        self._heartbeat_now.set()
+        return {"scheduled": True}
+
+    def _cmd_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The camera's latest analysed frame as a JPEG (base64) in the reply."""
+        camera_id = args.get("camera")
+        if camera_id not in self.readers:
+            raise CommandError(f"unknown camera {camera_id!r} (known: {', '.join(self.readers)})")
+        frame = self._last_frames.get(camera_id)
+        if frame is None:
+            raise CommandError(
+                f"camera {camera_id} has no frame yet ({self.readers[camera_id].state.value})"
             )
-        except ValueError as exc:
-            logger.warning("rejected command: %s", exc)
-            body = contract.command_reply(
-                request_id, ok=False, msg_id=uuid.uuid4().hex, now=time.time(), error=str(exc)
-            )
-        try:
-            self.outbox.enqueue(
-                self.topics.command_reply,
-                contract.encode(body),
-                kind="reply",
-                msg_id=body["id"],
-                ttl=HEARTBEAT_TTL,
-            )
-        except OutboxError as exc:
-            logger.error("command reply not stored: %s", exc)
-            return
+        jpeg, width, height = evidence.encode_jpeg(frame.image, self.config.evidence)
+        return {
+            "camera": camera_id,
+            "taken_at": contract.utc_iso(frame.wall),
+            "width": width,
+            "height": height,
+            "mime": "image/jpeg",
+            "data_b64": base64.b64encode(jpeg).decode("ascii"),
+        }
+
+    def _cmd_resend(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Queue the stored alerts raised in [since, until] again (ISO-8601 or epoch seconds)."""
+        since = _parse_time(args.get("since"), "since")
+        until = _parse_time(args.get("until", time.time()), "until")
+        count = self.outbox.requeue_alerts(since, until, self.topics.alert)
         self.uplink.wake()
+        return {"requeued": count}
+
+
+def _parse_time(value: object, name: str) -> float:
+    """Epoch seconds from a number or an ISO-8601 string.
+
+    Raises:
+        CommandError: neither.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    raise CommandError(f"'{name}' must be epoch seconds or an ISO-8601 time, not {value!r}")
 
 
 def run_agent(config: AgentConfig, duration: float | None = None) -> None:

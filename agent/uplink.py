@@ -78,7 +78,7 @@ class Uplink:
         config: AgentConfig,
         outbox: Outbox,
         *,
-        on_command: Callable[[bytes], None] | None = None,
+        on_command: Callable[[bytes, str | None, bytes | None], object] | None = None,
     ) -> None:
         """Build the client; nothing connects until :meth:`start`.
 
@@ -309,8 +309,15 @@ class Uplink:
     ) -> None:
         if message.topic != self.command_topic or self.on_command is None:
             return
+        props = message.properties
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
         try:
-            self.on_command(bytes(message.payload))
+            self.on_command(
+                bytes(message.payload),
+                response_topic,
+                bytes(correlation) if correlation is not None else None,
+            )
         except Exception:
             logger.exception("uplink: command handler failed")
 
@@ -347,8 +354,16 @@ class Uplink:
             self._bucket.take()
             # Never hold self._lock across publish(): paho calls on_publish while holding its
             # own message mutex, which publish() also takes.
+            properties = None
+            if message.correlation is not None and self.config.mqtt.protocol == "5":
+                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                properties.CorrelationData = message.correlation
             info = self._client.publish(
-                message.topic, message.payload, qos=message.qos, retain=message.retain
+                message.topic,
+                message.payload,
+                qos=message.qos,
+                retain=message.retain,
+                properties=properties,
             )
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 logger.warning("uplink: publish of seq %d failed: %s", message.seq, info.rc)

@@ -24,9 +24,13 @@ from typing import Any
 import cv2
 import jsonschema
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
 import yaml
 from conftest import SmallDiskFactory
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from services import (
     Broker,
     ClipFactory,
@@ -571,3 +575,68 @@ def test_black_picture_raises_a_camera_warning(
     code, _ = agent.terminate()
     assert code == 0, agent.log[-3000:]
     assert "picture black" in agent.log
+
+
+def test_mqtt5_commands_snapshot_and_resend(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    mqtt_collector: CollectorFactory,
+    model_dir: Path,
+    tmp_path: Path,
+    agents: list[AgentProcess],
+) -> None:
+    """Replies go to the MQTT 5 response topic with its correlation data; snapshot, resend."""
+    server = rtsp_server_factory({"/kitchen": clip_factory(seconds=4, squares=magenta_after(0))})
+    collector = mqtt_collector(broker.url, f"{ROOT}/alert")
+    agent = AgentProcess(write_config(tmp_path, broker, server.url("/kitchen"), model_dir)).start()
+    agents.append(agent)
+    first = collector.wait_for(lambda ms: len(ms) >= 1, 40)
+    alert_id = json.loads(first[0].payload)["id"]
+
+    replies: list[tuple[dict[str, Any], bytes | None]] = []
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_message = lambda _c, _u, m: replies.append(
+        (json.loads(m.payload), getattr(m.properties, "CorrelationData", None))
+    )
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe("platform/replies/#", qos=1)
+    client.loop_start()
+    try:
+        time.sleep(0.5)
+        for n, body in enumerate(
+            [
+                {"id": "s1", "command": "snapshot", "args": {"camera": "kitchen-1"}},
+                {"id": "s2", "command": "snapshot", "args": {"camera": "nope"}},
+                {"id": "s3", "command": "resend", "args": {"since": "2000-01-01T00:00:00Z"}},
+            ]
+        ):
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ResponseTopic = f"platform/replies/{n}"
+            props.CorrelationData = f"corr-{n}".encode()
+            client.publish(f"{ROOT}/command", json.dumps(body), qos=1, properties=props)
+        deadline = time.monotonic() + 20
+        while len(replies) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    by_id = {body["request_id"]: (body, corr) for body, corr in replies}
+    snap, corr = by_id["s1"]
+    assert corr == b"corr-0"
+    jsonschema.validate(snap, load_schema("command_reply"))
+    image = cv2.imdecode(np.frombuffer(base64.b64decode(snap["result"]["data_b64"]), np.uint8), 1)
+    assert image is not None
+    assert image.shape == (360, 640, 3)
+    assert by_id["s2"][0]["ok"] is False
+    assert "unknown camera 'nope'" in by_id["s2"][0]["error"]
+    assert by_id["s3"][0]["result"]["requeued"] >= 1
+    again = collector.wait_for(
+        lambda ms: [json.loads(m.payload)["id"] for m in ms].count(alert_id) >= 2, 20
+    )
+    resent = [json.loads(m.payload) for m in again if json.loads(m.payload)["id"] == alert_id][-1]
+    assert "data_b64" in resent["evidence"], "the image is attached again from its file"
+    code, _ = agent.terminate()
+    assert code == 0, agent.log[-3000:]
+    recorded = db_rows(tmp_path, "SELECT request_id, ok FROM commands ORDER BY seq")
+    assert recorded == [("s1", 1), ("s2", 0), ("s3", 1)]
