@@ -411,7 +411,12 @@ class EvidenceConfig(_Model):
     enabled: bool = Field(default=True, description="save a JPEG with the boxes drawn per alert")
     max_width: int = Field(default=1280, ge=160, le=7680, description="downscale wider frames")
     jpeg_quality: int = Field(default=85, ge=30, le=100, description="JPEG quality")
-    embed: bool = Field(default=True, description="embed the JPEG (base64) in the alert message")
+    max_bytes: int = Field(
+        default=900_000,
+        ge=50_000,
+        le=100_000_000,
+        description="largest JPEG sent; quality is lowered to fit (EMQX's default limit: 1 MB)",
+    )
 
 
 class HeartbeatConfig(_Model):

@@ -19,7 +19,6 @@ at-least-once) and a UTC ``ts``. A change to any of this is marked BREAKING in C
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Sequence
@@ -83,6 +82,10 @@ class Topics:
         """The retained status topic of one camera."""
         return f"{self.root}/camera/{camera_id}/status"
 
+    def evidence(self, alert_id: str) -> str:
+        """Where an alert's evidence JPEG is published (raw bytes, QoS 1)."""
+        return f"{self.root}/evidence/{alert_id}"
+
 
 def _box(config: AgentConfig) -> dict[str, str]:
     ident = config.identity
@@ -144,7 +147,7 @@ def camera_status(
 def alert(
     config: AgentConfig, item: Alert, evidence: Evidence | None, *, model: str
 ) -> dict[str, Any]:
-    """Payload of ``alert``; the evidence JPEG is embedded as base64 when configured."""
+    """Payload of ``alert``; the evidence JPEG travels as its own message (see ``Topics``)."""
     camera = config.cameras.get(item.camera_id)
     body: dict[str, Any] = {
         "v": SCHEMA_VERSION,
@@ -176,9 +179,8 @@ def alert(
             "bytes": len(evidence.jpeg),
             "sha256": evidence.sha256,
             "source": evidence.source,
+            "topic": Topics(config).evidence(item.id),
         }
-        if config.evidence.embed:
-            ev["data_b64"] = base64.b64encode(evidence.jpeg).decode("ascii")
         body["evidence"] = ev
     return body
 

@@ -52,10 +52,7 @@ def encode_jpeg(frame: np.ndarray, config: EvidenceConfig) -> tuple[bytes, int, 
             frame, (config.max_width, round(height * scale)), interpolation=cv2.INTER_AREA
         )
         height, width = frame.shape[:2]
-    ok, buffer = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return buffer.tobytes(), width, height
+    return _fit(frame, config), width, height
 
 
 def render(alert: Alert, frame: np.ndarray, config: EvidenceConfig) -> tuple[bytes, int, int]:
@@ -91,10 +88,19 @@ def render(alert: Alert, frame: np.ndarray, config: EvidenceConfig) -> tuple[byt
     cv2.putText(
         image, caption, (6, height - cbase - 4), cv2.FONT_HERSHEY_SIMPLEX, font_scale, _WHITE, 1
     )
-    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return buffer.tobytes(), width, height
+    return _fit(image, config), width, height
+
+
+def _fit(image: np.ndarray, config: EvidenceConfig) -> bytes:
+    """JPEG bytes at the configured quality, lowered step by step until under max_bytes."""
+    quality = config.jpeg_quality
+    while True:
+        ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise ValueError("JPEG encoding failed")
+        if buffer.nbytes <= config.max_bytes or quality <= 30:
+            return bytes(buffer.tobytes())
+        quality -= 10
 
 
 def save(

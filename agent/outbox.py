@@ -13,7 +13,6 @@ agent keeps working; the event is recorded and reported in the next heartbeat.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import sqlite3
@@ -123,8 +122,8 @@ def _m006_commands(db: sqlite_utils.Database) -> None:
 
 
 def _m007_alert_payloads(db: sqlite_utils.Database) -> None:
-    # The alert message as sent, without its embedded image (the JPEG stays on disk), so the
-    # platform can ask for alerts again ("resend") after the outbox row is gone.
+    # The alert message as sent (its image is a separate message, the JPEG stays on disk),
+    # so the platform can ask for alerts again ("resend") after the outbox row is gone.
     db.execute("ALTER TABLE alerts ADD COLUMN payload TEXT")
 
 
@@ -137,18 +136,6 @@ MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("006_commands", _m006_commands),
     ("007_alert_payloads", _m007_alert_payloads),
 )
-
-
-def _without_image(payload: bytes) -> str | None:
-    """The alert payload as text without its embedded JPEG (kept for resends)."""
-    try:
-        body = json.loads(payload)
-    except ValueError:
-        return None
-    evidence = body.get("evidence") if isinstance(body, dict) else None
-    if isinstance(evidence, dict):
-        evidence.pop("data_b64", None)
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,8 +354,14 @@ class Outbox:
             )
         return msg_id
 
-    def record_alert(self, alert: AlertRecord, topic: str, payload: bytes) -> None:
-        """Commit an alert and its outgoing message in one transaction.
+    def record_alert(
+        self,
+        alert: AlertRecord,
+        topic: str,
+        payload: bytes,
+        evidence: tuple[str, bytes] | None = None,
+    ) -> None:
+        """Commit an alert, its message and its evidence message (topic, JPEG) in one transaction.
 
         Raises:
             OutboxError: the write failed; neither the alert nor its message is stored.
@@ -390,7 +383,7 @@ class Outbox:
                     json.dumps(alert.detections),
                     alert.evidence_path,
                     alert.id,
-                    _without_image(payload),
+                    payload.decode("utf-8", errors="replace"),
                 ),
             )
             self._insert(
@@ -404,6 +397,18 @@ class Outbox:
                 now=now,
                 ttl=self.ttl,
             )
+            if evidence is not None:
+                self._insert(
+                    conn,
+                    evidence[0],
+                    evidence[1],
+                    kind="evidence",
+                    qos=1,
+                    retain=False,
+                    msg_id=f"{alert.id}:evidence",
+                    now=now,
+                    ttl=self.ttl,
+                )
 
     def bump(self, name: str, by: int = 1) -> None:
         """Add ``by`` to a persistent counter (survives restarts; reported in heartbeats)."""
@@ -483,7 +488,7 @@ class Outbox:
 
         The order is explicit: heartbeats, camera status and command replies first (they
         describe a moment that has passed); then the evidence images of the oldest alerts
-        (the alert itself stays, marked ``evidence.evicted``); then the oldest alerts.
+        (the alerts themselves stay); then the oldest alerts.
         Every eviction is counted (``evicted_<what>``) for the next heartbeat.
 
         Raises:
@@ -491,9 +496,9 @@ class Outbox:
         """
         evicted = {"telemetry": 0, "evidence": 0, "alert": 0}
         while self.used_bytes() > max_bytes:
-            if self._evict_rows("kind != 'alert'", batch, evicted, "telemetry"):
+            if self._evict_rows("kind NOT IN ('alert', 'evidence')", batch, evicted, "telemetry"):
                 continue
-            if self._strip_evidence(batch, evicted):
+            if self._evict_rows("kind = 'evidence'", batch, evicted, "evidence"):
                 continue
             if self._evict_rows("kind = 'alert'", batch, evicted, "alert"):
                 continue
@@ -520,28 +525,6 @@ class Outbox:
                 self._bump_in(conn, f"evicted_{what}", count)
         evicted[what] += count
         return int(count)
-
-    def _strip_evidence(self, batch: int, evicted: dict[str, int]) -> int:
-        """Drop the embedded JPEG of the oldest alerts that still carry one."""
-        with self._transaction() as conn:
-            rows = conn.execute(
-                "SELECT seq, payload FROM outbox WHERE kind = 'alert'"
-                " AND instr(payload, 'data_b64') > 0 ORDER BY seq LIMIT ?",
-                (batch,),
-            ).fetchall()
-            for seq, payload in rows:
-                body = json.loads(bytes(payload))
-                evidence = body.get("evidence") or {}
-                evidence.pop("data_b64", None)
-                evidence["evicted"] = True
-                conn.execute(
-                    "UPDATE outbox SET payload = ? WHERE seq = ?",
-                    (json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), seq),
-                )
-            if rows:
-                self._bump_in(conn, "evicted_evidence", len(rows))
-        evicted["evidence"] += len(rows)
-        return len(rows)
 
     @staticmethod
     def _bump_in(conn: sqlite3.Connection, name: str, by: int) -> None:
@@ -581,8 +564,8 @@ class Outbox:
     def requeue_alerts(self, since: float, until: float, topic: str) -> int:
         """Queue the stored alerts raised in [since, until] again on ``topic``; return how many.
 
-        Alerts still waiting in the outbox are not doubled. The evidence image is attached
-        again from its file when the file is still there.
+        Alerts still waiting in the outbox are not doubled. The evidence image is sent again
+        from its file when the file is still there.
         """
         now = time.time()
         count = 0
@@ -595,19 +578,10 @@ class Outbox:
             ).fetchall()
             for alert_id, text, evidence_path in rows:
                 body = json.loads(text)
-                evidence = body.get("evidence")
-                if isinstance(evidence, dict) and evidence_path:
-                    try:
-                        image = Path(evidence_path).read_bytes()
-                    except OSError:
-                        evidence["evicted"] = True
-                    else:
-                        evidence["data_b64"] = base64.b64encode(image).decode("ascii")
-                payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
                 self._insert(
                     conn,
                     topic,
-                    payload,
+                    text.encode(),
                     kind="alert",
                     qos=1,
                     retain=False,
@@ -615,6 +589,24 @@ class Outbox:
                     now=now,
                     ttl=self.ttl,
                 )
+                evidence = body.get("evidence")
+                if isinstance(evidence, dict) and evidence.get("topic") and evidence_path:
+                    try:
+                        image = Path(evidence_path).read_bytes()
+                    except OSError:
+                        logger.warning("alert %s: evidence %s is gone", alert_id, evidence_path)
+                    else:
+                        self._insert(
+                            conn,
+                            str(evidence["topic"]),
+                            image,
+                            kind="evidence",
+                            qos=1,
+                            retain=False,
+                            msg_id=uuid.uuid4().hex,
+                            now=now,
+                            ttl=self.ttl,
+                        )
                 count += 1
         return count
 

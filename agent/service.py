@@ -155,7 +155,7 @@ class Agent:
         self.main_rings: dict[str, FrameRing] = {}
         self._build_cameras()
         # Alerts that could not be committed (disk full), oldest first, retried by health.
-        self._unstored: list[tuple[AlertRecord, bytes]] = []
+        self._unstored: list[tuple[AlertRecord, bytes, tuple[str, bytes] | None]] = []
         self._unstored_lock = threading.Lock()
         self.alerts_dropped = 0
         self._heartbeat_now = threading.Event()
@@ -316,6 +316,7 @@ class Agent:
                     "camera %s: alert %s has no evidence: %s", alert.camera_id, alert.id, exc
                 )
         payload = contract.encode(contract.alert(self.config, alert, saved, model=self.model_id))
+        attachment = (self.topics.evidence(alert.id), saved.jpeg) if saved is not None else None
         record = AlertRecord(
             id=alert.id,
             camera=alert.camera_id,
@@ -332,14 +333,14 @@ class Agent:
         )
         self.alerts_by_type[alert.type] = self.alerts_by_type.get(alert.type, 0) + 1
         try:
-            self.outbox.record_alert(record, self.topics.alert, payload)
+            self.outbox.record_alert(record, self.topics.alert, payload, attachment)
         except OutboxError as exc:
             logger.error(
                 "camera %s: alert %s not stored yet, will retry: %s", alert.camera_id, alert.id, exc
             )
             with self._unstored_lock:
                 if len(self._unstored) < MAX_UNSTORED_ALERTS:
-                    self._unstored.append((record, payload))
+                    self._unstored.append((record, payload, attachment))
                     return
                 self.alerts_dropped += 1
             logger.error(
@@ -362,9 +363,9 @@ class Agent:
     def _retry_unstored(self) -> None:
         with self._unstored_lock:
             while self._unstored:
-                record, payload = self._unstored[0]
+                record, payload, attachment = self._unstored[0]
                 try:
-                    self.outbox.record_alert(record, self.topics.alert, payload)
+                    self.outbox.record_alert(record, self.topics.alert, payload, attachment)
                 except OutboxError as exc:
                     logger.error("%d alert(s) still not stored: %s", len(self._unstored), exc)
                     return
@@ -568,7 +569,11 @@ class Agent:
             raise CommandError(
                 f"camera {camera_id} has no frame yet ({self.readers[camera_id].state.value})"
             )
-        jpeg, width, height = evidence.encode_jpeg(frame.image, self.config.evidence)
+        # Base64 grows the JPEG by a third: keep the reply under a 1 MB packet limit.
+        budget = self.config.evidence.model_copy(
+            update={"max_bytes": min(self.config.evidence.max_bytes, 700_000)}
+        )
+        jpeg, width, height = evidence.encode_jpeg(frame.image, budget)
         return {
             "camera": camera_id,
             "taken_at": contract.utc_iso(frame.wall),

@@ -168,6 +168,7 @@ def test_alert_travels_the_whole_path(
     agents.append(agent)
 
     collector.wait_for(lambda ms: len(ms) >= 1, 40, topic_filter=f"{ROOT}/alert")
+    collector.wait_for(lambda ms: len(ms) >= 1, 20, topic_filter=f"{ROOT}/evidence/+")
     collector.wait_for(lambda ms: len(ms) >= 2, 20, topic_filter=f"{ROOT}/heartbeat")
     time.sleep(3)  # the square stays: no second alert may follow (cooldown, one episode)
     code, took = agent.terminate()
@@ -187,7 +188,10 @@ def test_alert_travels_the_whole_path(
     cx, cy = (det["box"][0] + det["box"][2]) / 2, (det["box"][1] + det["box"][3]) / 2
     assert abs(cx - 0.5) < 0.1
     assert abs(cy - 0.5) < 0.1
-    jpeg = base64.b64decode(alert["evidence"]["data_b64"])
+    assert alert["evidence"]["topic"] == f"{ROOT}/evidence/{alert['id']}"
+    images = collector.messages(alert["evidence"]["topic"])
+    assert len(images) == 1
+    jpeg = images[0].payload
     assert hashlib.sha256(jpeg).hexdigest() == alert["evidence"]["sha256"]
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert image is not None
@@ -589,6 +593,7 @@ def test_mqtt5_commands_snapshot_and_resend(
     """Replies go to the MQTT 5 response topic with its correlation data; snapshot, resend."""
     server = rtsp_server_factory({"/kitchen": clip_factory(seconds=4, squares=magenta_after(0))})
     collector = mqtt_collector(broker.url, f"{ROOT}/alert")
+    collector_all = mqtt_collector(broker.url, f"{ROOT}/#")
     agent = AgentProcess(write_config(tmp_path, broker, server.url("/kitchen"), model_dir)).start()
     agents.append(agent)
     first = collector.wait_for(lambda ms: len(ms) >= 1, 40)
@@ -634,8 +639,11 @@ def test_mqtt5_commands_snapshot_and_resend(
     again = collector.wait_for(
         lambda ms: [json.loads(m.payload)["id"] for m in ms].count(alert_id) >= 2, 20
     )
-    resent = [json.loads(m.payload) for m in again if json.loads(m.payload)["id"] == alert_id][-1]
-    assert "data_b64" in resent["evidence"], "the image is attached again from its file"
+    assert again
+    images = collector_all.wait_for(
+        lambda ms: len(ms) >= 2, 20, topic_filter=f"{ROOT}/evidence/{alert_id}"
+    )
+    assert images[0].payload == images[1].payload, "the image is sent again from its file"
     code, _ = agent.terminate()
     assert code == 0, agent.log[-3000:]
     recorded = db_rows(tmp_path, "SELECT request_id, ok FROM commands ORDER BY seq")

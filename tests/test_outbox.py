@@ -227,31 +227,30 @@ def test_real_full_disk(small_disk: SmallDiskFactory) -> None:
 def test_size_cap_evicts_telemetry_then_evidence_then_oldest_alerts(tmp_path: Path) -> None:
     """Over the cap: heartbeats go first, then the oldest alerts' images, then the oldest alerts."""
     box = Outbox(tmp_path / "agent.db")
-    image = "A" * 20_000
     for i in range(30):
-        body = {"id": f"a{i}", "evidence": {"sha256": "x", "data_b64": image}}
-        box.record_alert(make_alert(f"a{i}"), "t/alert", json.dumps(body).encode())
+        box.record_alert(
+            make_alert(f"a{i}"), "t/alert", json.dumps({"id": f"a{i}"}).encode(),
+            (f"t/evidence/a{i}", b"J" * 20_000),
+        )  # fmt: skip
     for i in range(100):
         box.enqueue("t/heartbeat", b"h" * 2000, kind="heartbeat", msg_id=f"h{i}")
     full = box.used_bytes()
 
     first = box.enforce_cap(full - 150_000)
-    assert first["telemetry"] == 100
-    assert first["alert"] == 0
-    assert box.backlog().get("heartbeat", 0) == 0
-    assert box.backlog()["alert"] == 30
+    assert first == {"telemetry": 100, "evidence": 0, "alert": 0}
+    assert box.backlog() == {"alert": 30, "evidence": 30}
 
     second = box.enforce_cap(box.used_bytes() - 200_000)
     assert second["alert"] == 0
     assert second["evidence"] >= 10
-    bodies = [json.loads(m.payload) for m in box.due(100)]
-    stripped = [b["id"] for b in bodies if b["evidence"].get("evicted")]
-    assert stripped == [f"a{i}" for i in range(len(stripped))], "the oldest images go first"
-    assert all("data_b64" not in b["evidence"] for b in bodies if b["evidence"].get("evicted"))
+    left = [m.topic for m in box.due(100) if m.kind == "evidence"]
+    gone = 30 - len(left)
+    assert left == [f"t/evidence/a{i}" for i in range(gone, 30)], "the oldest images go first"
 
     third = box.enforce_cap(60_000)
     assert third["alert"] > 0
     remaining = [m.id for m in box.due(100)]
+    assert box.backlog().get("evidence", 0) == 0
     assert remaining == [f"a{i}" for i in range(30 - len(remaining), 30)], "the newest alerts stay"
     counters = box.counters()
     assert counters["evicted_telemetry"] == 100
