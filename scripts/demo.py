@@ -51,9 +51,11 @@ def stamp(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts))
 
 
-def describe(msg: MqttMessage, root: str) -> str:
+def describe(msg: MqttMessage, root: str) -> str:  # noqa: PLR0911 - one return per topic
     """One human line per message."""
     topic = msg.topic[len(root) + 1 :]
+    if topic.startswith("evidence/"):
+        return f"{'evidence':<28} JPEG of alert {topic.split('/', 1)[1]}, {len(msg.payload)} bytes"
     try:
         body: dict[str, Any] = json.loads(msg.payload)
     except ValueError:
@@ -204,6 +206,7 @@ def summarize(
     counts: dict[str, int] = {}
     for msg in messages:
         topic = msg.topic[len(root) + 1 :]
+        topic = "evidence/<alert id>" if topic.startswith("evidence/") else topic
         counts[topic] = counts.get(topic, 0) + 1
     print("\n== what arrived on the broker")
     for topic, count in sorted(counts.items()):
