@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 import yaml
@@ -36,6 +36,9 @@ from agent.errors import (
     StreamError,
     UplinkError,
 )
+
+if TYPE_CHECKING:
+    from agent.outbox import Outbox
 
 DEFAULT_CONFIG = Path(os.environ.get("MCLZ_CONFIG", "/etc/mclz-agent/agent.yaml"))
 
@@ -61,6 +64,12 @@ model_app = typer.Typer(help="Evaluate the detection model.", no_args_is_help=Tr
 app.add_typer(model_app, name="model")
 camera_app = typer.Typer(help="Probe and list cameras.", no_args_is_help=True)
 app.add_typer(camera_app, name="camera")
+outbox_app = typer.Typer(help="Inspect the local store-and-forward outbox.", no_args_is_help=True)
+app.add_typer(outbox_app, name="outbox")
+alerts_app = typer.Typer(
+    help="List, show and export the alerts kept locally.", no_args_is_help=True
+)
+app.add_typer(alerts_app, name="alerts")
 
 ConfigOption = Annotated[
     Path,
@@ -382,6 +391,126 @@ def camera_list(
         age = f"{row['updated_s_ago']:.0f} s ago" if row["updated_s_ago"] is not None else "never"
         quality = row["quality"] or "-"
         typer.echo(f"{row['camera']:<16} {state:<11} {fps:>6} {quality:<10} {age:>9}  {row['url']}")
+
+
+def _open_store(config: Path) -> Outbox:
+    """The agent's database for read-only CLI use (it works while the agent runs)."""
+    from agent.outbox import Outbox  # noqa: PLC0415
+
+    try:
+        cfg = load_config(config)
+        path = cfg.storage.state_dir / "agent.db"
+        if not path.exists():
+            raise OutboxError(f"{path}: no database yet (the agent has not run with this config)")
+        return Outbox(path)
+    except AgentError as exc:
+        fail(exc)
+
+
+@outbox_app.command("stats")
+def outbox_stats(
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Undelivered messages by kind with the oldest one's age, evictions and expiries.
+
+    Example: mclz-agent outbox stats --config /etc/mclz-agent/agent.yaml
+    """
+    store = _open_store(config)
+    stats = store.stats()
+    store.close()
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2))
+        return
+    typer.echo(f"{'kind':<14} {'messages':>9} {'oldest':>10} {'bytes':>12}")
+    for kind, row in stats["backlog"].items():
+        typer.echo(
+            f"{kind:<14} {row['messages']:>9} {row['oldest_age_s']:>8.0f} s {row['bytes']:>12}"
+        )
+    if not stats["backlog"]:
+        typer.echo("(nothing waiting: everything was delivered)")
+    typer.echo(f"database in use: {stats['used_bytes'] / 1e6:.1f} MB")
+    for name, value in stats["counters"].items():
+        typer.echo(f"{name:<24} {value}")
+
+
+@alerts_app.command("list")
+def alerts_list(
+    config: ConfigOption = DEFAULT_CONFIG,
+    limit: Annotated[int, typer.Option(min=1, max=100000, help="How many, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The alerts raised on this box, newest first, whether delivered or not.
+
+    Example: mclz-agent alerts list --limit 50
+    """
+    import time  # noqa: PLC0415
+
+    store = _open_store(config)
+    alerts = store.alerts(limit)
+    waiting = {m.id for m in store.due(100000)}
+    store.close()
+    rows = [
+        {
+            "id": a.id,
+            "raised_at": a.raised_at,
+            "camera": a.camera,
+            "type": a.type,
+            "confidence": round(a.confidence, 3),
+            "delivered": a.id not in waiting,
+            "evidence": a.evidence_path,
+        }
+        for a in alerts
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for a in alerts:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a.raised_at))
+        state = "waiting" if a.id in waiting else "sent"
+        typer.echo(f"{when}  {a.id}  {a.camera:<14} {a.type:<10} {a.confidence:.2f}  {state}")
+
+
+@alerts_app.command("show")
+def alerts_show(
+    alert_id: Annotated[str, typer.Argument(help="The alert's id.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """One alert as it was sent, with where its evidence JPEG is on this box.
+
+    Example: mclz-agent alerts show 3f2a9c0e1b7d4c55a0e6f1d2c3b4a596
+    """
+    store = _open_store(config)
+    body = store.alert_payload(alert_id)
+    store.close()
+    if body is None:
+        typer.echo(f"error: no alert {alert_id!r} on this box", err=True)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(body, ensure_ascii=False, indent=2))
+
+
+@alerts_app.command("export")
+def alerts_export(
+    output: Annotated[Path, typer.Argument(help="JSON Lines file to write.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 100000,
+) -> None:
+    """Write the stored alerts as JSON Lines (one alert message per line), for an inspector.
+
+    Example: mclz-agent alerts export /tmp/alerts.jsonl
+    """
+    store = _open_store(config)
+    alerts = store.alerts(limit)
+    bodies = [store.alert_payload(a.id) for a in alerts]
+    store.close()
+    try:
+        with output.open("w", encoding="utf-8") as fh:
+            for body in bodies:
+                fh.write(json.dumps(body, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        typer.echo(f"error: cannot write {output}: {exc.strerror}", err=True)
+        raise typer.Exit(4) from None
+    typer.echo(f"{len(bodies)} alert(s) written to {output}")
 
 
 @app.command()

@@ -542,6 +542,39 @@ class Outbox:
             rows = self._conn.execute("SELECT kind, COUNT(*) FROM outbox GROUP BY kind").fetchall()
         return dict(rows)
 
+    def stats(self) -> dict[str, Any]:
+        """Backlog per kind with the age of its oldest message, counters, and the size in use."""
+        now = time.time()
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT kind, COUNT(*), MIN(created_at), SUM(LENGTH(payload)) FROM outbox"
+                " GROUP BY kind ORDER BY kind"
+            ).fetchall()
+        return {
+            "backlog": {
+                kind: {
+                    "messages": count,
+                    "oldest_age_s": round(now - oldest, 1),
+                    "bytes": int(size or 0),
+                }
+                for kind, count, oldest, size in rows
+            },
+            "counters": self.counters(),
+            "used_bytes": self.used_bytes(),
+        }
+
+    def alert_payload(self, alert_id: str) -> dict[str, Any] | None:
+        """The stored message of one alert, or None when there is no such alert."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT payload, evidence_path FROM alerts WHERE id = ?", (alert_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        body: dict[str, Any] = json.loads(row[0]) if row[0] else {"id": alert_id}
+        body["local_evidence_path"] = row[1]
+        return body
+
     def counters(self) -> dict[str, int]:
         """All persistent counters."""
         with self._lock:

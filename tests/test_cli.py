@@ -254,3 +254,40 @@ def test_camera_list_shows_saved_health_and_redacts(tmp_path: Path) -> None:
     text = runner.invoke(app, ["camera", "list", "--config", str(cfg)]).output
     assert "disabled" in text
     assert "rtsp://admin@cam1/x" in text
+
+
+def test_outbox_stats_and_alerts_commands(tmp_path: Path) -> None:
+    """outbox stats shows the backlog by kind; alerts list/show/export read the local store."""
+    from agent.outbox import AlertRecord, Outbox  # noqa: PLC0415
+
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        "identity: {city: hz, school_id: s1, box_id: b1}\n"
+        f"storage: {{state_dir: {tmp_path / 'state'}}}\n"
+    )
+    assert runner.invoke(app, ["outbox", "stats", "--config", str(cfg)]).exit_code == 4
+    store = Outbox(tmp_path / "state" / "agent.db")
+    for i in range(2):
+        record = AlertRecord(f"a{i}", "k1", "no_hat", "warning", 1.0, 2.0 + i, 0.8, [], None)
+        store.record_alert(
+            record, "t/alert", json.dumps({"id": f"a{i}", "type": "no_hat"}).encode()
+        )
+    store.ack(store.due(1)[0].seq)  # a0 delivered, a1 waiting
+    store.enqueue("t/heartbeat", b"{}", kind="heartbeat")
+    store.close()
+
+    stats = json.loads(
+        runner.invoke(app, ["outbox", "stats", "--config", str(cfg), "--json"]).output
+    )
+    assert {k: v["messages"] for k, v in stats["backlog"].items()} == {"alert": 1, "heartbeat": 1}
+    listed = json.loads(
+        runner.invoke(app, ["alerts", "list", "--config", str(cfg), "--json"]).output
+    )
+    assert [(r["id"], r["delivered"]) for r in listed] == [("a1", False), ("a0", True)]
+    shown = runner.invoke(app, ["alerts", "show", "a0", "--config", str(cfg)])
+    assert json.loads(shown.output)["type"] == "no_hat"
+    assert runner.invoke(app, ["alerts", "show", "zz", "--config", str(cfg)]).exit_code == 2
+    out = tmp_path / "alerts.jsonl"
+    result = runner.invoke(app, ["alerts", "export", str(out), "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a1", "a0"]
