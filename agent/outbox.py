@@ -447,8 +447,14 @@ class Outbox:
 
     def ack(self, seq: int) -> None:
         """The broker acknowledged message ``seq``: remove it."""
+        self.ack_many([seq])
+
+    def ack_many(self, seqs: list[int]) -> None:
+        """Remove acknowledged messages in one transaction (one fsync for a whole window)."""
+        if not seqs:
+            return
         with self._transaction() as conn:
-            conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
 
     def defer(self, seq: int, delay: float) -> None:
         """The broker refused message ``seq``: try it again after ``delay`` seconds."""

@@ -99,6 +99,7 @@ class Uplink:
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self._early: dict[int, ReasonCode] = {}  # PUBACKs that arrived before registration
         self._foreign: set[int] = set()  # mids of messages not from the outbox
+        self._settled: list[tuple[int, int, ReasonCode]] = []  # PUBACKs not yet applied
         self.published = 0
         self.acked = 0
         self.refused = 0
@@ -201,6 +202,7 @@ class Uplink:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=2.0)
+        self._flush_settled()
         if self.connected:
             info = self._client.publish(
                 self.availability_topic,
@@ -284,25 +286,36 @@ class Uplink:
             if seq is None:
                 self._early[mid] = reason_code
                 return
-        # Settle in the database first and only then free the slot: the drain thread skips
-        # in-flight seqs, so a row still in the outbox must stay marked until it is gone.
-        self._settle(seq, reason_code)
-        with self._lock:
-            self._inflight.pop(mid, None)
-
-    def _settle(self, seq: int, reason_code: ReasonCode) -> None:
-        try:
-            if reason_code.is_failure:
-                self.refused += 1
-                self.last_error = f"broker refused a message: {reason_code}"
-                logger.error("uplink: broker refused message seq %d: %s", seq, reason_code)
-                self.outbox.defer(seq, REFUSED_RETRY)
-            else:
-                self.acked += 1
-                self.outbox.ack(seq)
-        except Exception:
-            logger.exception("uplink: cannot record the PUBACK of seq %d", seq)
+            # The drain thread settles PUBACKs in batches: one transaction (one fsync) for
+            # a window of messages instead of one each. Until then the mid stays in flight,
+            # so the row is never published twice.
+            self._settled.append((mid, seq, reason_code))
         self._wake.set()
+
+    def _flush_settled(self) -> None:
+        """Apply the PUBACKs received so far to the outbox, then free their in-flight slots."""
+        with self._lock:
+            batch, self._settled = self._settled, []
+        if not batch:
+            return
+        acked = [seq for _mid, seq, rc in batch if not rc.is_failure]
+        refused = [(seq, rc) for _mid, seq, rc in batch if rc.is_failure]
+        try:
+            self.outbox.ack_many(acked)
+            for seq, rc in refused:
+                self.last_error = f"broker refused a message: {rc}"
+                logger.error("uplink: broker refused message seq %d: %s", seq, rc)
+                self.outbox.defer(seq, REFUSED_RETRY)
+        except Exception:
+            logger.exception("uplink: cannot record %d PUBACK(s); retrying", len(batch))
+            with self._lock:
+                self._settled = batch + self._settled
+            return
+        with self._lock:
+            for mid, _seq, _rc in batch:
+                self._inflight.pop(mid, None)
+        self.acked += len(acked)
+        self.refused += len(refused)
 
     def _on_message(
         self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage
@@ -332,6 +345,7 @@ class Uplink:
                 if self._stop.is_set():
                     break
                 pause = 1.0
+                self._flush_settled()
                 if self.connected and self._fill_window():
                     pause = max(0.01, min(1.0, self._bucket.wait_time()))  # rate limited
         except Exception:
@@ -371,10 +385,9 @@ class Uplink:
             self.published += 1
             with self._lock:
                 early = self._early.pop(info.mid, None)
-                if early is None:
-                    self._inflight[info.mid] = message.seq
-            if early is not None:  # the PUBACK beat us to the registration
-                self._settle(message.seq, early)
+                self._inflight[info.mid] = message.seq
+                if early is not None:  # the PUBACK beat us to the registration
+                    self._settled.append((info.mid, message.seq, early))
         return len(due) >= allowed
 
     def snapshot(self) -> dict[str, object]:
