@@ -434,6 +434,41 @@ def outbox_stats(
         typer.echo(f"{name:<24} {value}")
 
 
+@outbox_app.command("replay")
+def outbox_replay(
+    since: Annotated[str, typer.Option(help="ISO-8601 time (or epoch seconds) to start from.")],
+    until: Annotated[
+        str | None, typer.Option(help="ISO-8601 time (or epoch seconds); default now.")
+    ] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Queue the alerts raised in a time range again; the running agent sends them.
+
+    Alerts still waiting are not doubled; images are sent again from their files.
+
+    Example: mclz-agent outbox replay --since 2026-11-26T08:00:00+08:00
+    """
+    import time  # noqa: PLC0415
+
+    from agent.service import parse_time  # noqa: PLC0415
+
+    try:
+        start = parse_time(float(since) if since.replace(".", "", 1).isdigit() else since, "since")
+        end = (
+            time.time()
+            if until is None
+            else parse_time(float(until) if until.replace(".", "", 1).isdigit() else until, "until")
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    store = _open_store(config)  # exits with a clear message on a bad config or no database
+    cfg = load_config(config)
+    count = store.requeue_alerts(start, end, f"{cfg.topic_root}/alert")
+    store.close()
+    typer.echo(f"{count} alert(s) queued again")
+
+
 @alerts_app.command("list")
 def alerts_list(
     config: ConfigOption = DEFAULT_CONFIG,

@@ -585,14 +585,14 @@ class Agent:
 
     def _cmd_resend(self, args: dict[str, Any]) -> dict[str, Any]:
         """Queue the stored alerts raised in [since, until] again (ISO-8601 or epoch seconds)."""
-        since = _parse_time(args.get("since"), "since")
-        until = _parse_time(args.get("until", time.time()), "until")
+        since = parse_time(args.get("since"), "since")
+        until = parse_time(args.get("until", time.time()), "until")
         count = self.outbox.requeue_alerts(since, until, self.topics.alert)
         self.uplink.wake()
         return {"requeued": count}
 
 
-def _parse_time(value: object, name: str) -> float:
+def parse_time(value: object, name: str) -> float:
     """Epoch seconds from a number or an ISO-8601 string.
 
     Raises:

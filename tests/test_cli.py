@@ -291,3 +291,9 @@ def test_outbox_stats_and_alerts_commands(tmp_path: Path) -> None:
     result = runner.invoke(app, ["alerts", "export", str(out), "--config", str(cfg)])
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a1", "a0"]
+    replay = runner.invoke(app, ["outbox", "replay", "--since", "0", "--config", str(cfg)])
+    assert replay.exit_code == 0, replay.output
+    assert "1 alert(s) queued again" in replay.output  # a1 still waits: not doubled
+    bad = runner.invoke(app, ["outbox", "replay", "--since", "yesterday", "--config", str(cfg)])
+    assert bad.exit_code == 2
+    assert "'since' must be epoch seconds or an ISO-8601 time" in bad.output
