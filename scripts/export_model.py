@@ -47,7 +47,7 @@ LICENSE = (
     "Ultralytics YOLO11 (AGPL-3.0) code. Training data: 'Face Mask Detection' (andrewmvd, CC0 "
     "1.0) and a relabelled SFCHD helmet/workwear subset (Huazhong University of Science and "
     "Technology; no licence stated upstream, used as research and evaluation data only). "
-    "Check both before any commercial deployment; see docs/model.md."
+    "Check both before any commercial deployment; see models/default/MODEL_CARD.md."
 )
 # Which labels are violations, and of which type (the rule names in configs/example.yaml).
 VIOLATIONS = {"face_no_mask": "no_mask", "head_bare": "no_hat", "person_no_uniform": "no_uniform"}
@@ -66,7 +66,7 @@ NOTES = (
     "Proxy classes: head_covered/head_bare were learned from hard hats on building sites, not "
     "chef hats; person_uniform/person_no_uniform from safety workwear. Facemask images carry no "
     "head/person labels and headcover images no face labels (partial labelling). Metrics are on "
-    "the fixed val split that also picked best.pt, so slightly optimistic. See docs/model.md."
+    "the fixed val split that also picked best.pt, so slightly optimistic. See MODEL_CARD.md."
 )
 
 

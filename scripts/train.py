@@ -38,7 +38,7 @@ DEFAULT_DATA = REPO / "data" / "mclz-v1" / "dataset.yaml"
 CHECKPOINTS = REPO / "models" / "checkpoints"
 CARRIED = ("weights/last.pt", "results.csv", "args.yaml")
 
-# Augmentation, chosen for this data (see docs/model.md): small faces (median 6 % of the image
+# Augmentation, chosen for this data (see MODEL_CARD.md): small faces (median 6 % of the image
 # width) and rare bare heads. Mosaic shows many small objects per image and mixes both sources;
 # the +-50 % scale jitter covers the range of face and head sizes; mosaic is closed for the last
 # 10 epochs so the model ends on whole, undistorted images. No vertical flip (cameras are

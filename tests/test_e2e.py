@@ -148,6 +148,16 @@ def db_rows(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
 
 
+def stored_alerts(tmp_path: Path) -> int:
+    """Alerts in the agent's database; 0 while it is still being created and migrated."""
+    if not (tmp_path / "state" / "agent.db").exists():
+        return 0
+    try:
+        return int(db_rows(tmp_path, "SELECT COUNT(*) FROM alerts")[0][0])
+    except sqlite3.OperationalError:
+        return 0
+
+
 def test_alert_travels_the_whole_path(
     broker: Broker,
     rtsp_server_factory: RtspServerFactory,
@@ -281,9 +291,7 @@ def test_alert_raised_while_broker_down_survives_shutdown_and_is_sent_later(
     agents.append(agent)
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline:
-        if (tmp_path / "state" / "agent.db").exists() and db_rows(
-            tmp_path, "SELECT COUNT(*) FROM alerts"
-        )[0][0]:
+        if stored_alerts(tmp_path):
             break
         time.sleep(0.5)
     else:
