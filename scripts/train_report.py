@@ -18,7 +18,7 @@ import yaml
 
 COLUMNS = (
     ("epoch", "epoch", "{:.0f}"),
-    ("time", "cumulative s", "{:.0f}"),
+    ("time", "s since (re)start", "{:.0f}"),
     ("train/box_loss", "box loss", "{:.3f}"),
     ("train/cls_loss", "cls loss", "{:.3f}"),
     ("train/dfl_loss", "dfl loss", "{:.3f}"),
