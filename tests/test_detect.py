@@ -735,3 +735,20 @@ def test_violation_mapping_and_thresholds_are_read_and_checked(package_copy: Pat
         info.value
     )
     assert "'thresholds.head_bare' must be a number in (0, 1], not 2" in str(info.value)
+
+
+def test_default_model_sees_masks_on_a_real_face_mask_image() -> None:
+    """The committed default model finds a face_mask on a real image of the facemask data."""
+    repo = Path(__file__).resolve().parents[1]
+    shared = repo.parent / "shared" / "datasets" / "facemask"
+    if not shared.is_dir():
+        pytest.skip(f"../shared is absent: {shared} not found")
+    package = load_model_package(repo / "models" / "default")
+    detector = Detector(package, conf_threshold=0.25)
+    found = 0
+    # A handful of images: a detector at this stage misses some faces, never all of them.
+    for image_path in sorted((shared / "images").glob("*.jpg"))[:8]:
+        image = cv2.imread(str(image_path))
+        assert image is not None
+        found += sum(1 for d in detector.detect(image) if d.label == "face_mask")
+    assert found >= 3
