@@ -23,6 +23,7 @@ import json
 import time
 from collections.abc import Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from agent import __version__
@@ -54,14 +55,36 @@ def utc_iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
 
 
+AGENT_STARTED = time.time()
+
+
+def host_boot_time() -> float | None:
+    """When the box booted (``btime`` of /proc/stat), if readable."""
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def availability_payload(state: str, reason: str, ts: float | None) -> bytes:
-    """The retained availability message (``ts`` is omitted from the last will)."""
+    """The retained availability message (``ts`` is omitted from the last will).
+
+    It also says when the agent started and when the box booted, so the platform can tell
+    a restarted agent from a rebooted (or power-cut) box.
+    """
     body: dict[str, Any] = {
         "v": SCHEMA_VERSION,
         "state": state,
         "reason": reason,
         "agent_version": __version__,
+        "agent_started": utc_iso(AGENT_STARTED),
     }
+    booted = host_boot_time()
+    if booted is not None:
+        body["boot_time"] = utc_iso(booted)
     if ts is not None:
         body["ts"] = utc_iso(ts)
     return encode(body)

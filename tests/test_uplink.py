@@ -60,6 +60,8 @@ def test_availability_and_ordered_delivery(
         body = json.loads(avail[-1].payload)
         jsonschema.validate(body, load_schema("availability"))
         assert body["state"] == "online"
+        assert body["agent_started"] <= body["ts"]
+        assert body["boot_time"] < body["agent_started"]
         deadline = time.monotonic() + 5
         while box.backlog() and time.monotonic() < deadline:
             time.sleep(0.05)
