@@ -39,34 +39,32 @@ class Evidence:
     source: str = "sub"  # which stream the picture came from: "sub" (detection) or "main"
 
 
+def _downscale(frame: np.ndarray, max_width: int) -> np.ndarray:
+    """``frame`` shrunk to ``max_width`` (aspect kept), or ``frame`` itself when narrow enough."""
+    height, width = frame.shape[:2]
+    if width <= max_width:
+        return frame
+    size = (max_width, round(height * max_width / width))
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+
+
 def encode_jpeg(frame: np.ndarray, config: EvidenceConfig) -> tuple[bytes, int, int]:
     """``frame`` (downscaled to ``max_width``) as JPEG bytes, with its width and height.
 
     Raises:
         ValueError: OpenCV could not encode it.
     """
+    frame = _downscale(frame, config.max_width)
     height, width = frame.shape[:2]
-    if width > config.max_width:
-        scale = config.max_width / width
-        frame = cv2.resize(
-            frame, (config.max_width, round(height * scale)), interpolation=cv2.INTER_AREA
-        )
-        height, width = frame.shape[:2]
     return _fit(frame, config), width, height
 
 
 def render(alert: Alert, frame: np.ndarray, config: EvidenceConfig) -> tuple[bytes, int, int]:
     """Draw the alert's boxes and caption on a copy of ``frame``; return JPEG bytes and size."""
-    image = frame
+    image = _downscale(frame, config.max_width)
+    if image is frame:
+        image = frame.copy()  # drawing must not touch the caller's frame
     height, width = image.shape[:2]
-    if width > config.max_width:
-        scale = config.max_width / width
-        image = cv2.resize(
-            image, (config.max_width, round(height * scale)), interpolation=cv2.INTER_AREA
-        )
-        height, width = image.shape[:2]
-    else:
-        image = image.copy()
     thickness = max(2, width // 400)
     font_scale = max(0.5, width / 1600)
     for det in alert.detections:
