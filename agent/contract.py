@@ -3,7 +3,7 @@
 Every topic starts with ``<prefix>/<city>/<school_id>/<box_id>`` (the *root*):
 
 ========================================  ======  ======  ======================================
-topic                                     QoS     retain  payload (JSON Schema in agent/schemas)
+topic                                     QoS     retain  payload (JSON Schema in docs/mqtt/)
 ========================================  ======  ======  ======================================
 ``<root>/availability``                   1       yes     availability.schema.json (last will)
 ``<root>/heartbeat``                      1       no      heartbeat.schema.json
@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +38,6 @@ SCHEMA_VERSION = 1
 def encode(body: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON (Chinese names stay readable)."""
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-
-
-def load_schema(name: str) -> dict[str, Any]:
-    """The JSON Schema ``name`` (e.g. ``"alert"``) shipped with the package."""
-    text = resources.files("agent").joinpath(f"schemas/{name}.schema.json").read_text("utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
 
 
 def utc_iso(ts: float) -> str:

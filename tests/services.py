@@ -7,6 +7,7 @@ wrap these classes and clean them up; tests may also use the classes directly.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import selectors
 import shutil
@@ -23,7 +24,7 @@ from fractions import Fraction
 from functools import cache
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 import av
@@ -54,6 +55,15 @@ Square = tuple[float, float, float, BGR]
 the frame height) and a BGR colour."""
 SquaresFn = Callable[[int], Sequence[Square]]
 Image = npt.NDArray[np.uint8]
+
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "docs" / "mqtt"
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """The contract's JSON Schema ``name`` (e.g. ``"alert"``) from ``docs/mqtt/``."""
+    schema: dict[str, Any] = json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text("utf-8"))
+    return schema
 
 
 class ServiceError(RuntimeError):

@@ -37,11 +37,11 @@ from services import (
     CollectorFactory,
     MqttCollector,
     RtspServerFactory,
+    load_schema,
     mqtt_publish,
 )
 from synthetic_model import build_pattern_model
 
-from agent.contract import load_schema
 from agent.detect import load_model_package
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,10 +12,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from services import Broker, BrokerFactory, CollectorFactory, MqttCollector, Pki
+from services import Broker, BrokerFactory, CollectorFactory, MqttCollector, Pki, load_schema
 
 from agent.config import AgentConfig, parse_config
-from agent.contract import load_schema
 from agent.errors import UplinkError
 from agent.outbox import Outbox
 from agent.uplink import Uplink
