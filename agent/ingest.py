@@ -20,6 +20,7 @@ import errno
 import itertools
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -197,16 +198,21 @@ class Backoff:
         self.failures = 0
 
 
+_URL_IN_TEXT = re.compile(r"'?[a-z][a-z0-9+.-]*://\S+")
+_STATUS_401 = re.compile(r"\b40[13]\b")
+_STATUS_404 = re.compile(r"\b404\b")
+
+
 def classify_error(exc: BaseException) -> str:  # noqa: PLR0911 - a decision table
     """Map a PyAV/OS error to a short class the platform can group by."""
-    text = str(exc).lower()
-    if (
-        isinstance(exc, av.error.HTTPUnauthorizedError | av.error.HTTPForbiddenError)
-        or "401" in text
-    ):
-        return "auth_failed"
-    if isinstance(exc, FileNotFoundError | av.error.HTTPNotFoundError) or "404" in text:
+    # Drop URLs first: a port such as 40123 must not read as an HTTP 401.
+    text = _URL_IN_TEXT.sub("", str(exc).lower())
+    if isinstance(exc, av.error.HTTPNotFoundError | FileNotFoundError) or _STATUS_404.search(text):
         return "not_found"
+    if isinstance(
+        exc, av.error.HTTPUnauthorizedError | av.error.HTTPForbiddenError
+    ) or _STATUS_401.search(text):
+        return "auth_failed"
     code = getattr(exc, "errno", None)
     if isinstance(exc, ConnectionRefusedError) or code == errno.ECONNREFUSED or "refused" in text:
         return "refused"

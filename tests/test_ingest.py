@@ -26,6 +26,7 @@ from agent.ingest import (
     FrameSlot,
     Sampler,
     Transition,
+    classify_error,
 )
 
 SECRET = "Kitchen-Pa55!"
@@ -392,3 +393,18 @@ def test_sampler_recovers_from_clock_jumps() -> None:
         assert sampler.due(t)
         sampler.taken(t)
     assert not sampler.due(5000.5)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("Server returned 404 Not Found: 'rtsp://admin:***@127.0.0.1:40123/nope'", "not_found"),
+        ("Server returned 401 Unauthorized: 'rtsp://u:***@10.0.0.9:40404/a'", "auth_failed"),
+        ("Server returned 403 Forbidden (access denied): 'rtsp://10.0.0.9/a'", "auth_failed"),
+        ("[Errno 111] Connection refused: 'rtsp://127.0.0.1:40401/cam'", "refused"),
+        ("Immediate exit requested: 'rtsp://127.0.0.1:4040/cam'", "error"),
+    ],
+)
+def test_error_classes_ignore_numbers_in_the_url(message: str, expected: str) -> None:
+    """A port such as 40123 or 40404 in the URL never reads as an HTTP 401 or 404."""
+    assert classify_error(OSError(message)) == expected
