@@ -114,7 +114,7 @@ def run(
         if problems:  # fail at start, not later in a camera thread's retry loop
             raise ConfigError(f"{config}: {len(problems)} secret(s) cannot be read", problems)
         setup_logging(cfg.logging)
-        run_agent(cfg, duration)
+        run_agent(cfg, duration, config_path=config)
     except AgentError as exc:
         fail(exc)
 

@@ -572,6 +572,15 @@ def _message(error: Any) -> str:
     return msg
 
 
+def describe_validation(exc: ValidationError, prefix: str = "") -> list[str]:
+    """One readable line per problem of a pydantic error, located under ``prefix``."""
+    out = []
+    for error in exc.errors():
+        loc = (prefix, *_clean_loc(tuple(error["loc"]))) if prefix else _clean_loc(error["loc"])
+        out.append(f"{_format_loc(loc)}: {_message(error)}")
+    return out
+
+
 def parse_config(text: str, source: str = "<config>") -> AgentConfig:
     """Validate YAML text; ``source`` names the file in error messages.
 

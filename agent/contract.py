@@ -212,6 +212,8 @@ def heartbeat(
     outbox: dict[str, Any],
     alerts: dict[str, Any],
     system: dict[str, Any],
+    clock: dict[str, Any],
+    control: dict[str, Any],
 ) -> dict[str, Any]:
     """Payload of ``heartbeat``: what the platform needs to judge this box's health."""
     online = sum(1 for c in cameras.values() if c.get("state") == "online")
@@ -226,6 +228,8 @@ def heartbeat(
         "cameras_online": online,
         "cameras": cameras,
         "system": system,
+        "clock": clock,
+        "control": control,
         "detector": detector,
         "uplink": uplink,
         "outbox": outbox,

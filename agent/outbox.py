@@ -127,6 +127,16 @@ def _m007_alert_payloads(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE alerts ADD COLUMN payload TEXT")
 
 
+def _m008_settings(db: sqlite_utils.Database) -> None:
+    # Run-time changes from the platform that must outlive a restart: rule overrides
+    # ("set"), the alarm mute ("mute"). JSON values; ``source`` says who set them.
+    db.table("settings").create(
+        {"key": str, "value": str, "updated_at": float, "source": str},
+        pk="key",
+        not_null=["value", "updated_at", "source"],
+    )
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("001_outbox", _m001_outbox),
     ("002_alerts", _m002_alerts),
@@ -135,6 +145,7 @@ MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("005_camera_health", _m005_camera_health),
     ("006_commands", _m006_commands),
     ("007_alert_payloads", _m007_alert_payloads),
+    ("008_settings", _m008_settings),
 )
 
 
@@ -288,6 +299,12 @@ class Outbox:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Checkpoint the WAL and close the file."""
@@ -671,6 +688,32 @@ class Outbox:
                 (limit,),
             ).fetchall()
         return [(r[0], r[1], r[2], bool(r[3])) for r in rows]
+
+    # ------------------------------------------------------------------ settings
+
+    def put_setting(self, key: str, value: Any, source: str) -> None:
+        """Store a run-time setting (JSON-serialisable) durably, replacing any earlier value."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO settings (key, value, updated_at, source) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at, source = excluded.source",
+                (key, json.dumps(value, ensure_ascii=False), time.time(), source),
+            )
+
+    def delete_setting(self, key: str) -> bool:
+        """Remove a run-time setting; return whether there was one."""
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM settings WHERE key = ?", (key,)).rowcount > 0
+
+    def settings(self, prefix: str = "") -> dict[str, Any]:
+        """Stored run-time settings whose key starts with ``prefix``."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT key, value FROM settings WHERE substr(key, 1, ?) = ? ORDER BY key",
+                (len(prefix), prefix),
+            ).fetchall()
+        return {key: json.loads(value) for key, value in rows}
 
     # ------------------------------------------------------------------ camera outages
 

@@ -16,6 +16,7 @@ property-testable; wall-clock times for the report are carried alongside.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,21 +68,37 @@ class RuleEngine:
     def __init__(
         self, rules: Mapping[str, RuleConfig], label_thresholds: Mapping[str, float] | None = None
     ) -> None:
-        self.rules = {name: rule for name, rule in rules.items() if rule.enabled}
-        defaults = label_thresholds or {}
+        self._label_thresholds = dict(label_thresholds or {})
+        self.rules: dict[str, RuleConfig] = {}
+        self._thresholds: dict[tuple[str, str], float] = {}
+        self._states: dict[tuple[str, str], _TrackState] = {}
+        # configure() runs on the command thread, update() on the detect thread.
+        self._lock = threading.Lock()
+        self.alerts_raised = 0
+        self.suppressed_by_cooldown = 0
+        self.configure(rules)
+
+    def configure(self, rules: Mapping[str, RuleConfig]) -> None:
+        """Replace the rules (a reload or a ``set``), keeping the state of rules that stay.
+
+        An open episode and the cooldown of a rule that is kept carry on under its new
+        parameters; the state of a removed or disabled rule is dropped.
+        """
+        enabled = {name: rule for name, rule in rules.items() if rule.enabled}
         # (rule, label) -> confidence a detection needs to count for that rule.
-        self._thresholds = {
+        thresholds = {
             (name, label): (
                 rule.min_confidence
                 if rule.min_confidence is not None
-                else defaults.get(label, DEFAULT_MIN_CONFIDENCE)
+                else self._label_thresholds.get(label, DEFAULT_MIN_CONFIDENCE)
             )
-            for name, rule in self.rules.items()
+            for name, rule in enabled.items()
             for label in rule.labels
         }
-        self._states: dict[tuple[str, str], _TrackState] = {}
-        self.alerts_raised = 0
-        self.suppressed_by_cooldown = 0
+        with self._lock:
+            self._states = {key: st for key, st in self._states.items() if key[1] in enabled}
+            self._thresholds = thresholds
+            self.rules = enabled
 
     def update(
         self,
@@ -93,6 +110,18 @@ class RuleEngine:
         frame: np.ndarray | None = None,
     ) -> list[Alert]:
         """Feed one analysed frame; return the alerts it completes (usually none)."""
+        with self._lock:
+            return self._update(camera_id, detections, mono=mono, wall=wall, frame=frame)
+
+    def _update(
+        self,
+        camera_id: str,
+        detections: Sequence[Detection],
+        *,
+        mono: float,
+        wall: float,
+        frame: np.ndarray | None,
+    ) -> list[Alert]:
         alerts: list[Alert] = []
         for name, rule in self.rules.items():
             hits = tuple(
@@ -159,12 +188,14 @@ class RuleEngine:
     def active(self, camera_id: str, mono: float) -> list[str]:
         """Violation types with an open episode on ``camera_id`` at time ``mono``."""
         out = []
-        for (cam, name), state in self._states.items():
+        with self._lock:
+            states, rules = dict(self._states), self.rules
+        for (cam, name), state in states.items():
             ep = state.episode
             if (
                 cam == camera_id
                 and ep is not None
-                and mono - ep.last_mono <= self.rules[name].clear_after
+                and mono - ep.last_mono <= rules[name].clear_after
             ):
                 out.append(name)
         return sorted(out)

@@ -10,7 +10,12 @@ Data flow::
 Threads: ``ingest-<camera>`` (one per camera), ``detect``, ``health``, ``uplink-drain``
 plus paho's network thread. The main thread waits for SIGTERM/SIGINT, then stops the
 threads in order so that everything committed stays committed and anything unsent is
-still in the outbox for the next start.
+still in the outbox for the next start. SIGHUP (``systemctl reload``) and the platform's
+``reload`` command re-read the config file: rules, cameras, evidence and heartbeat apply
+live, anything else is reported as needing a restart.
+
+The per-camera dictionaries (readers, slots, pictures, ...) are replaced, never mutated,
+when cameras change, so threads iterating over them never see one change size.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import threading
 import time
 import uuid
 from datetime import datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -33,15 +39,16 @@ import numpy as np
 
 from agent import __version__, contract, evidence
 from agent.commands import CommandError, Commands, Handler
-from agent.config import AgentConfig, LoggingConfig
+from agent.config import AgentConfig, CameraConfig, LoggingConfig, check_secrets, load_config
+from agent.control import Mute, RuleOverrides, apply_live, diff_config, effective_rules
 from agent.detect import Detector, load_model_package
-from agent.errors import AgentError, OutboxError
+from agent.errors import AgentError, ConfigError, OutboxError
 from agent.ingest import CameraReader, CameraState, Frame, FrameRing, FrameSlot, Transition
 from agent.outbox import AlertRecord, Outage, Outbox
 from agent.picture import PictureMonitor
 from agent.redact import RedactingFilter
 from agent.rules import Alert, RuleEngine
-from agent.telemetry import ProcessCpu, system_metrics
+from agent.telemetry import ProcessCpu, clock_status, system_metrics
 from agent.uplink import Uplink
 
 logger = logging.getLogger(__name__)
@@ -104,8 +111,8 @@ def _watchdog_interval() -> float | None:
 class Agent:
     """The running agent: build it from a config, then :meth:`run` until stopped."""
 
-    def __init__(self, config: AgentConfig) -> None:
-        """Open the store and load the model.
+    def __init__(self, config: AgentConfig, config_path: Path | None = None) -> None:
+        """Open the store and load the model; ``config_path`` is what a reload re-reads.
 
         Raises:
             OutboxError: the state directory or database cannot be used.
@@ -113,6 +120,7 @@ class Agent:
             SecretError, UplinkError: the uplink cannot be configured.
         """
         self.config = config
+        self.config_path = config_path
         self.stop_event = threading.Event()
         self.started = time.time()
         self.topics = contract.Topics(config)
@@ -126,23 +134,18 @@ class Agent:
             logger.error(
                 "started a fresh database; the corrupt one is at %s", self.outbox.recovered_from
             )
-        package = load_model_package(config.model.path)
+        self.detector = _load_detector(config)
+        package = self.detector.package
         self.model_id = f"{package.name}@{package.version}"
-        self.detector = Detector(
-            package,
-            backend=config.model.backend,
-            threads=config.model.threads,
-            conf_threshold=config.model.conf_threshold,
-            iou_threshold=config.model.iou_threshold,
+        self.overrides = RuleOverrides(self.outbox)
+        self.mute = Mute(self.outbox)
+        self.rules = RuleEngine(
+            effective_rules(config.rules, self.overrides.load()), package.thresholds
         )
-        missing = sorted(
-            {label for rule in config.rules.values() for label in rule.labels} - set(package.labels)
-        )
-        if missing:
-            logger.warning(
-                "rules use labels the model %s does not have: %s", self.model_id, ", ".join(missing)
-            )
-        self.rules = RuleEngine(config.rules, package.thresholds)
+        self._reload_lock = threading.Lock()
+        self._reload_requested = threading.Event()
+        self.reloaded_at: float | None = None
+        self.restart_required: list[str] = []
         self.commands = Commands(self.outbox, self.topics.command_reply, self._command_handlers())
         self.uplink = Uplink(config, self.outbox, on_command=self.commands.handle)
         self.commands.on_reply = self.uplink.wake
@@ -153,7 +156,8 @@ class Agent:
         # Main (full-resolution) streams, keyframes only, for evidence snapshots.
         self.main_readers: dict[str, CameraReader] = {}
         self.main_rings: dict[str, FrameRing] = {}
-        self._build_cameras()
+        self._camera_stops: dict[str, threading.Event] = {}
+        self._add_cameras({cid: cam for cid, cam in config.cameras.items() if cam.enabled})
         # Alerts that could not be committed (disk full), oldest first, retried by health.
         self._unstored: list[tuple[AlertRecord, bytes, tuple[str, bytes] | None]] = []
         self._unstored_lock = threading.Lock()
@@ -169,27 +173,56 @@ class Agent:
         self._detect_thread = threading.Thread(target=self._detect_loop, name="detect", daemon=True)
         self._health_thread = threading.Thread(target=self._health_loop, name="health", daemon=True)
 
-    def _build_cameras(self) -> None:
-        for camera_id, camera in self.config.cameras.items():
-            if not camera.enabled:
-                continue
-            slot = FrameSlot(self._wake)
-            self.slots[camera_id] = slot
-            self.pictures[camera_id] = PictureMonitor(camera.picture)
-            self.readers[camera_id] = CameraReader(
-                camera_id,
-                camera,
-                stop=self.stop_event,
-                slot=slot,
-                on_transition=self._on_transition,
+    def _add_cameras(self, cameras: dict[str, CameraConfig]) -> list[CameraReader]:
+        """Build readers for ``cameras`` (not started); return them."""
+        slots, pictures, readers = dict(self.slots), dict(self.pictures), dict(self.readers)
+        rings, mains, stops = (
+            dict(self.main_rings),
+            dict(self.main_readers),
+            dict(self._camera_stops),
+        )
+        built = []
+        for camera_id, camera in cameras.items():
+            stop = stops[camera_id] = threading.Event()
+            slot = slots[camera_id] = FrameSlot(self._wake)
+            pictures[camera_id] = PictureMonitor(camera.picture)
+            readers[camera_id] = CameraReader(
+                camera_id, camera, stop=stop, slot=slot, on_transition=self._on_transition
             )
+            built.append(readers[camera_id])
             main = camera.main_stream()
             if main is not None:
-                ring = FrameRing()
-                self.main_rings[camera_id] = ring
-                self.main_readers[camera_id] = CameraReader(
-                    camera_id, main, stop=self.stop_event, slot=ring, role="main"
-                )
+                ring = rings[camera_id] = FrameRing()
+                mains[camera_id] = CameraReader(camera_id, main, stop=stop, slot=ring, role="main")
+                built.append(mains[camera_id])
+        self.slots, self.pictures, self.readers = slots, pictures, readers
+        self.main_rings, self.main_readers, self._camera_stops = rings, mains, stops
+        return built
+
+    def _remove_cameras(self, camera_ids: list[str]) -> list[CameraReader]:
+        """Stop and forget ``camera_ids``; return their readers (to be joined)."""
+        gone = [
+            r
+            for cid in camera_ids
+            for r in (self.readers.get(cid), self.main_readers.get(cid))
+            if r
+        ]
+        for cid in camera_ids:
+            if cid in self._camera_stops:
+                self._camera_stops[cid].set()
+
+        def without(d: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in d.items() if k not in camera_ids}
+
+        self.slots, self.pictures, self.readers = (
+            without(self.slots),
+            without(self.pictures),
+            without(self.readers),
+        )
+        self.main_rings, self.main_readers = without(self.main_rings), without(self.main_readers)
+        self._camera_stops = without(self._camera_stops)
+        self._last_frames = without(self._last_frames)
+        return gone
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -211,6 +244,9 @@ class Agent:
         sd_notify(f"READY=1\nSTATUS=running {len(self.readers)} camera(s)")
         deadline = None if duration is None else time.monotonic() + duration
         while not self.stop_event.wait(0.5):
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self._reload_from_signal()
             if deadline is not None and time.monotonic() >= deadline:
                 logger.info("run time of %.0f s reached", duration)
                 self.stop_event.set()
@@ -228,12 +264,18 @@ class Agent:
             logger.info("received %s: stopping", signal.Signals(signum).name)
             self.stop_event.set()
 
+        def reload(_signum: int, _frame: FrameType | None) -> None:
+            self._reload_requested.set()  # the main loop does the work, not the handler
+
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGHUP, reload)
 
     def _shutdown(self) -> None:
         sd_notify("STOPPING=1")
         t0 = time.monotonic()
+        for stop in self._camera_stops.values():
+            stop.set()
         self._wake.set()
         self._detect_thread.join(timeout=1.5)
         self._health_thread.join(timeout=1.0)
@@ -290,7 +332,10 @@ class Agent:
 
     def _check_picture(self, frame: Frame) -> None:
         """Run the picture checks; a warning that starts or clears updates the camera status."""
-        events = self.pictures[frame.camera_id].update(frame.image, frame.mono)
+        monitor = self.pictures.get(frame.camera_id)
+        if monitor is None:  # the camera was removed by a reload meanwhile
+            return
+        events = monitor.update(frame.image, frame.mono)
         for event in events:
             if event.active:
                 logger.warning(
@@ -405,16 +450,19 @@ class Agent:
         reason: str = "refresh",
     ) -> None:
         """Commit a retained camera status: on a state change, a picture warning, or a refresh."""
+        reader, monitor = self.readers.get(camera_id), self.pictures.get(camera_id)
+        if reader is None or monitor is None:  # removed by a reload meanwhile
+            return
         msg_id = uuid.uuid4().hex
         body = contract.camera_status(
             self.config,
             msg_id,
             camera_id,
-            self.readers[camera_id].snapshot(),
+            reader.snapshot(),
             now=time.time(),
             transition=transition,
             outage=outage,
-            picture=sorted(c.value for c in self.pictures[camera_id].active),
+            picture=sorted(c.value for c in monitor.active),
             reason=reason,
         )
         try:
@@ -432,8 +480,7 @@ class Agent:
         self.uplink.wake()
 
     def _health_loop(self) -> None:
-        interval = self.config.heartbeat.interval
-        next_beat = time.monotonic() + min(5.0, interval)
+        next_beat = time.monotonic() + min(5.0, self.config.heartbeat.interval)
         next_expire = time.monotonic() + 5.0  # a full database is dealt with at start
         watchdog = _watchdog_interval()
         next_watchdog = time.monotonic()
@@ -450,7 +497,7 @@ class Agent:
                     self.send_heartbeat()
                     for camera_id in self.readers:  # fresh fps, quality, frame age
                         self._publish_status(camera_id)
-                    next_beat = now + interval
+                    next_beat = now + self.config.heartbeat.interval  # a reload may change it
                 if now >= next_expire:
                     next_expire = now + EXPIRE_EVERY
                     self._housekeeping()
@@ -477,22 +524,35 @@ class Agent:
 
     def health(self) -> dict[str, Any]:
         """Everything the heartbeat reports, as plain data."""
-        cameras = {cid: r.snapshot() for cid, r in self.readers.items()}
-        for cid, monitor in self.pictures.items():
-            cameras[cid]["picture"] = sorted(c.value for c in monitor.active)
-            cameras[cid]["picture_metrics"] = {
-                k: round(v, 2) for k, v in monitor.metrics().items() if math.isfinite(v)
-            }
-        for cid, main in self.main_readers.items():
-            snap = main.snapshot()
-            cameras[cid]["main_stream"] = {
-                k: snap[k] for k in ("state", "fps", "width", "height", "last_error_class")
-            }
+        readers, pictures, mains = self.readers, self.pictures, self.main_readers
+        cameras = {cid: r.snapshot() for cid, r in readers.items()}
         for cid, snap in cameras.items():
-            snap["since"] = contract.utc_iso(self.readers[cid].since)
+            snap["since"] = contract.utc_iso(readers[cid].since)
+            monitor = pictures.get(cid)
+            if monitor is not None:
+                snap["picture"] = sorted(c.value for c in monitor.active)
+                snap["picture_metrics"] = {
+                    k: round(v, 2) for k, v in monitor.metrics().items() if math.isfinite(v)
+                }
+            main = mains.get(cid)
+            if main is not None:
+                main_snap = main.snapshot()
+                snap["main_stream"] = {
+                    k: main_snap[k] for k in ("state", "fps", "width", "height", "last_error_class")
+                }
         avg_ms = 1000 * self.inference_seconds / self.inferences if self.inferences else 0.0
+        muted_until = self.mute.until
         return {
             "cameras": cameras,
+            "clock": clock_status(),
+            "control": {
+                "alarm_muted_until": contract.utc_iso(muted_until) if muted_until else None,
+                "rule_overrides": self.overrides.load(),
+                "config_reloaded_at": (
+                    contract.utc_iso(self.reloaded_at) if self.reloaded_at else None
+                ),
+                "restart_required": list(self.restart_required),
+            },
             "system": system_metrics(self.config.storage.state_dir, self._cpu),
             "detector": {
                 "model": self.model_id,
@@ -528,6 +588,8 @@ class Agent:
             outbox=h["outbox"],
             alerts=h["alerts"],
             system=h["system"],
+            clock=h["clock"],
+            control=h["control"],
         )
         try:
             self.outbox.enqueue(
@@ -542,7 +604,97 @@ class Agent:
             return
         self.uplink.wake()
 
-    # ------------------------------------------------------------------ commands
+    # ------------------------------------------------------------------ reload
+
+    def reload(self, source: str) -> dict[str, Any]:
+        """Re-read the config file and apply what can change live.
+
+        Rules (with the stored overrides on top), cameras (added, removed, changed ones
+        restarted), evidence and heartbeat settings apply at once; a change anywhere else
+        (mqtt, storage, model, identity, logging) is reported in ``restart_required`` and
+        in the heartbeat, and the running agent keeps its old values there.
+
+        Raises:
+            ConfigError: no config file, or the file is not valid: nothing is changed.
+        """
+        if self.config_path is None:
+            raise ConfigError("the agent runs on embedded defaults: there is no file to reload")
+        with self._reload_lock:
+            new = load_config(self.config_path)
+            problems = check_secrets(new)
+            if problems:
+                raise ConfigError(f"{self.config_path}: secrets cannot be read", problems)
+            change = diff_config(self.config, new)
+            self.restart_required = change.restart_required
+            self.reloaded_at = time.time()
+            self.config = apply_live(self.config, new)
+            if "rules" in change.live:
+                self.rules.configure(effective_rules(new.rules, self.overrides.load()))
+            enabled = {cid: cam for cid, cam in new.cameras.items() if cam.enabled}
+            gone = sorted(set(self.readers) - set(enabled))
+            restarted = sorted(
+                cid
+                for cid in set(self.readers) & set(enabled)
+                if self.readers[cid].config != enabled[cid]
+            )
+            added = sorted(set(enabled) - set(self.readers))
+            for reader in self._remove_cameras(gone + restarted):
+                reader.join(timeout=0.05)
+            now = time.time()
+            for cid in gone:
+                try:
+                    self.outbox.close_outage(cid, now)
+                except OutboxError as exc:
+                    logger.error("camera %s: outage not closed: %s", cid, exc)
+                self._clear_status(cid)
+            for reader in self._add_cameras({cid: enabled[cid] for cid in added + restarted}):
+                reader.start()
+        result = {
+            "source": source,
+            "changed": change.live + change.restart_required,
+            "applied": change.live,
+            "restart_required": change.restart_required,
+            "cameras_added": added,
+            "cameras_removed": gone,
+            "cameras_restarted": restarted,
+        }
+        logger.info(
+            "config reloaded (%s): applied %s; needs a restart: %s; cameras +%s -%s ~%s",
+            source,
+            ",".join(change.live) or "nothing",
+            ",".join(change.restart_required) or "nothing",
+            ",".join(result["cameras_added"]) or "-",
+            ",".join(result["cameras_removed"]) or "-",
+            ",".join(result["cameras_restarted"]) or "-",
+        )
+        self._heartbeat_now.set()  # the platform sees the new state at once
+        return result
+
+    def _reload_from_signal(self) -> None:
+        sd_notify("RELOADING=1")
+        try:
+            self.reload("SIGHUP")
+        except ConfigError as exc:
+            logger.error("reload refused, the running config stays: %s", exc)
+            for problem in exc.problems:
+                logger.error("  %s", problem)
+        sd_notify(f"READY=1\nSTATUS=running {len(self.readers)} camera(s)")
+
+    def _clear_status(self, camera_id: str) -> None:
+        """Delete a removed camera's retained status (an empty retained message)."""
+        try:
+            self.outbox.enqueue(
+                self.topics.camera_status(camera_id),
+                b"",
+                kind="camera_status",
+                retain=True,
+                msg_id=uuid.uuid4().hex,
+                ttl=STATUS_TTL,
+            )
+        except OutboxError as exc:
+            logger.error("camera %s: retained status not cleared: %s", camera_id, exc)
+            return
+        self.uplink.wake()
 
     # ------------------------------------------------------------------ commands
 
@@ -553,6 +705,9 @@ class Agent:
             "status": lambda _args: self.health(),
             "snapshot": self._cmd_snapshot,
             "resend": self._cmd_resend,
+            "mute": self._cmd_mute,
+            "set": self._cmd_set,
+            "reload": self._cmd_reload,
         }
 
     def _cmd_heartbeat(self, _args: dict[str, Any]) -> dict[str, Any]:
@@ -591,6 +746,56 @@ class Agent:
         self.uplink.wake()
         return {"requeued": count}
 
+    def _cmd_mute(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Silence the on-site alarm for ``minutes`` (0 ends the mute); kept across restarts."""
+        until = self.mute.set(args.get("minutes"), source="command:mute")
+        self._heartbeat_now.set()
+        return {"muted_until": contract.utc_iso(until) if until else None}
+
+    def _cmd_set(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Change a rule's threshold, durations, cooldown, severity or enabled; persisted."""
+        name, rule, override = self.overrides.set(self.config.rules, args)
+        self.rules.configure(effective_rules(self.config.rules, self.overrides.load()))
+        logger.info("rule %s changed by the platform: %s", name, override or "reset")
+        self._heartbeat_now.set()
+        return {
+            "rule": name,
+            "override": override,
+            "effective": rule.model_dump(mode="json"),
+        }
+
+    def _cmd_reload(self, _args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.reload("command")
+        except ConfigError as exc:
+            raise CommandError("; ".join([str(exc), *exc.problems])) from None
+
+
+def _load_detector(config: AgentConfig) -> Detector:
+    """Load and verify the model package; warn about rule labels the model lacks.
+
+    Raises:
+        ModelError: the model package is missing or invalid.
+    """
+    package = load_model_package(config.model.path)
+    detector = Detector(
+        package,
+        backend=config.model.backend,
+        threads=config.model.threads,
+        conf_threshold=config.model.conf_threshold,
+        iou_threshold=config.model.iou_threshold,
+    )
+    labels = {label for rule in config.rules.values() for label in rule.labels}
+    missing = sorted(labels - set(package.labels))
+    if missing:
+        logger.warning(
+            "rules use labels the model %s@%s does not have: %s",
+            package.name,
+            package.version,
+            ", ".join(missing),
+        )
+    return detector
+
 
 def parse_time(value: object, name: str) -> float:
     """Epoch seconds from a number or an ISO-8601 string.
@@ -608,13 +813,15 @@ def parse_time(value: object, name: str) -> float:
     raise CommandError(f"'{name}' must be epoch seconds or an ISO-8601 time, not {value!r}")
 
 
-def run_agent(config: AgentConfig, duration: float | None = None) -> None:
+def run_agent(
+    config: AgentConfig, duration: float | None = None, config_path: Path | None = None
+) -> None:
     """Build and run the agent (the body of ``mclz-agent run``).
 
     Raises:
         AgentError: a subclass naming what could not be started.
     """
-    agent = Agent(config)
+    agent = Agent(config, config_path)
     try:
         agent.run(duration)
     except AgentError:

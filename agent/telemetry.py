@@ -6,6 +6,7 @@ VM has no thermal zone) is simply left out rather than guessed.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import shutil
@@ -105,3 +106,68 @@ def system_metrics(state_dir: Path, cpu: ProcessCpu) -> dict[str, Any]:
     if temps:
         metrics["temperature_c"] = temps
     return metrics
+
+
+class _Timeval(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long))
+
+
+class _Timex(ctypes.Structure):
+    """``struct timex`` of adjtimex(2) (Linux, any word size)."""
+
+    _fields_ = (
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long),
+        ("time", _Timeval),
+        ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long),
+        ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long),
+        ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int),
+        ("_reserved", ctypes.c_int * 11),
+    )
+
+
+_STA_UNSYNC = 0x0040
+_STA_NANO = 0x2000
+_TIME_ERROR = 5
+
+
+def clock_status() -> dict[str, Any]:
+    """How far the box's clock can be trusted, from the kernel's NTP state (adjtimex).
+
+    Alert times reach regulators, so the platform must know when a box's clock is not
+    disciplined. A read-only ``adjtimex`` call (modes 0, no privilege needed) gives
+    whether an NTP client (chrony, systemd-timesyncd, ntpd) keeps the clock synchronised,
+    the kernel's current offset estimate and the maximum and estimated error. Where the
+    call is unavailable (not Linux, seccomp) only ``synchronized: null`` is reported.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        timex = _Timex()
+        state = libc.adjtimex(ctypes.byref(timex))
+    except (OSError, AttributeError):
+        return {"synchronized": None, "source": "unavailable"}
+    if state < 0:
+        return {"synchronized": None, "source": "unavailable"}
+    unit = 1e-9 if timex.status & _STA_NANO else 1e-6
+    synced = state != _TIME_ERROR and not timex.status & _STA_UNSYNC
+    return {
+        "synchronized": synced,
+        "source": "adjtimex",
+        "offset_s": round(timex.offset * unit, 6),
+        "max_error_s": round(timex.maxerror * 1e-6, 6),
+        "est_error_s": round(timex.esterror * 1e-6, 6),
+    }
