@@ -160,7 +160,16 @@ class MqttConfig(_Model):
     )
     username: str = Field(default="", max_length=256, description="user name; empty for none")
     password: SecretRef | None = Field(default=None, description="where the password comes from")
-    keepalive: int = Field(default=30, ge=5, le=600, description="keepalive interval, seconds")
+    keepalive: int = Field(
+        default=30,
+        ge=4,
+        le=600,
+        description=(
+            "a silent broker for this long means the link is dead, seconds; the box pings"
+            " every keepalive/2 (the MQTT keepalive it sends), so the broker also publishes"
+            " the last will about 0.75 x keepalive after the box vanished"
+        ),
+    )
     topic_prefix: str = Field(
         default="mclz",
         pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",

@@ -9,6 +9,13 @@ in flight when the process dies is still in the outbox and is sent again at the 
 
 Availability is retained at ``<root>/availability``: ``online`` after each CONNACK, an
 ``offline`` last will if the box vanishes, and an explicit ``offline`` on clean shutdown.
+
+``mqtt.keepalive`` is how long a silent broker may stay silent before the link counts as
+dead. The box sends half of it as the MQTT keepalive, so it pings every keepalive/2 and
+gives up one keepalive (plus paho's one-second loop tick) after the broker's last byte: a
+silent partition, with no RST and no ICMP, is noticed that fast. The broker allows 1.5 x
+the MQTT keepalive, so it publishes the last will 0.75 x keepalive after the box vanished
+(mosquitto counts whole seconds: up to a second later).
 """
 
 from __future__ import annotations
@@ -176,7 +183,10 @@ class Uplink:
         self._client.connect_async(
             cfg.host,
             cfg.port,
-            keepalive=cfg.keepalive,
+            # paho declares the link dead only after a PINGREQ (sent after its keepalive of
+            # silence) goes unanswered for another keepalive: 2x its keepalive at worst.
+            # Half of ours keeps that within cfg.keepalive of the broker's last byte.
+            keepalive=max(2, cfg.keepalive // 2),
             clean_start=False if cfg.protocol == "5" else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
             properties=properties,
         )

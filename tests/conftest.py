@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,11 @@ from services import (
     CollectorFactory,
     MissingDependencyError,
     MqttCollector,
+    Netns,
+    NetnsBroker,
+    NetnsSubscriber,
+    NetnsSubscriberFactory,
+    NetnsUnavailableError,
     Pki,
     RtspServer,
     RtspServerFactory,
@@ -78,6 +83,51 @@ def mqtt_collector() -> Iterator[CollectorFactory]:
     yield make
     for collector in collectors:
         collector.close()
+
+
+@pytest.fixture
+def netns_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsBroker]:
+    """Give an anonymous mosquitto alone in a network namespace of this test's own.
+
+    Its ``url`` goes through a veth pair that ``netns_broker.netns.partition()`` cuts
+    silently. Skips where namespaces cannot be made (not root); the broker, the veth pair
+    and the namespace are removed at teardown, whatever happened.
+    """
+    try:
+        netns = Netns().create()
+    except NetnsUnavailableError as exc:
+        pytest.skip(f"needs network namespaces (root or CAP_NET_ADMIN): {exc}")
+    broker: NetnsBroker | None = None
+    try:
+        try:
+            broker = NetnsBroker(tmp_path_factory.mktemp("mosquitto-netns"), netns)
+        except MissingDependencyError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        broker.start()
+        yield broker
+    finally:
+        if broker is not None:
+            broker.kill()
+        netns.delete()
+
+
+@pytest.fixture
+def netns_subscriber(netns_broker: NetnsBroker) -> Iterator[NetnsSubscriberFactory]:
+    """Subscribe ``(topics)`` at QoS 1 inside ``netns_broker``'s namespace; closed at teardown.
+
+    These subscribers reach the broker at 127.0.0.1 in the namespace: a partition never cuts
+    them, so they see everything the broker got.
+    """
+    subscribers: list[NetnsSubscriber] = []
+
+    def make(topics: Sequence[str]) -> NetnsSubscriber:
+        subscriber = NetnsSubscriber(netns_broker, topics)
+        subscribers.append(subscriber)
+        return subscriber
+
+    yield make
+    for subscriber in subscribers:
+        subscriber.close()
 
 
 @pytest.fixture
