@@ -43,6 +43,7 @@ class Alert:
     detections: tuple[Detection, ...]  # the hits of the evidence frame
     frame: np.ndarray | None = field(repr=False, compare=False)  # BGR evidence frame
     frame_wall: float = 0.0  # when the evidence frame was decoded
+    zone: str | None = None  # the camera zone the violation is in; None: the whole picture
 
 
 @dataclass(slots=True)
