@@ -63,6 +63,15 @@ def parse(payload: bytes, known: Mapping[str, Handler]) -> Request:
         raise CommandError("'id' must be a string of 1-128 characters")
     command = request.get("command")
     args = request.get("args", {})
+    extra = sorted(set(request) - {"id", "command", "args"})
+    if extra:
+        # The contract (docs/mqtt/command.schema.json) has no other keys: a misspelt
+        # "arg" must not silently become a command without arguments.
+        error = CommandError(
+            f"unknown key(s) {', '.join(map(repr, extra))} (allowed: id, command, args)"
+        )
+        error.request_id = rid  # type: ignore[attr-defined]
+        raise error
     if command not in known:
         error = CommandError(f"unknown command {command!r} (known: {', '.join(sorted(known))})")
         error.request_id = rid  # type: ignore[attr-defined]

@@ -3,12 +3,13 @@
 Every topic starts with ``<prefix>/<city>/<school_id>/<box_id>`` (the *root*):
 
 ========================================  ======  ======  ======================================
-topic                                     QoS     retain  payload (JSON Schema in docs/mqtt/)
+topic                                     QoS     retain  payload (see docs/mqtt/)
 ========================================  ======  ======  ======================================
 ``<root>/availability``                   1       yes     availability.schema.json (last will)
 ``<root>/heartbeat``                      1       no      heartbeat.schema.json
 ``<root>/camera/<camera_id>/status``      1       yes     camera_status.schema.json
 ``<root>/alert``                          1       no      alert.schema.json
+``<root>/evidence/<alert_id>``            1       no      raw JPEG (no schema; asyncapi.yaml)
 ``<root>/command`` (platform -> box)      1       no      command.schema.json
 ``<root>/command/reply``                  1       no      command_reply.schema.json
 ========================================  ======  ======  ======================================

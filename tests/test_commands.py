@@ -32,6 +32,7 @@ def test_parse_accepts_a_valid_command() -> None:
         (b'{"id": "", "command": "ping"}', "'id' must be a string", None),
         (b'{"id": "r9", "command": "reboot"}', "unknown command 'reboot'", "r9"),
         (b'{"id": "r8", "command": "echo", "args": [1]}', "'args' must be a JSON object", "r8"),
+        (b'{"id": "r7", "command": "echo", "arg": {"x": 1}}', "unknown key\\(s\\) 'arg'", "r7"),
         (b"{" + b" " * MAX_COMMAND_BYTES + b"}", "exceeds", None),
     ],
 )
