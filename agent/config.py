@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -131,6 +132,26 @@ class IdentityConfig(_Model):
     school_id: str = Field(pattern=ID_PATTERN, description="the platform's id of the school")
     box_id: str = Field(pattern=ID_PATTERN, description="id of this box within the school")
     school_name: str = Field(default="", max_length=200, description="display name, e.g. 某某小学")
+    timezone: str = Field(
+        default="Asia/Shanghai",
+        description="IANA time zone of the kitchen: schedules and evidence captions use it",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {name!r} (IANA name, e.g. Asia/Shanghai)"
+            ) from None
+        return name
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The kitchen's time zone."""
+        return ZoneInfo(self.timezone)
 
 
 class TlsConfig(_Model):
@@ -258,6 +279,65 @@ class PictureConfig(_Model):
     )
 
 
+Point = tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]]
+
+
+class ZoneConfig(_Model):
+    """An area of a camera's picture, as a polygon in normalised coordinates (0..1)."""
+
+    name: str = Field(default="", max_length=100, description="display name, e.g. 备餐区")
+    polygon: tuple[Point, ...] = Field(
+        min_length=3, description="corners [x, y], 0..1 from the top-left, in drawing order"
+    )
+    exclude: bool = Field(
+        default=False,
+        description="ignore detections here (a poster, a TV, a mirror): half a box inside is out",
+    )
+
+    @field_validator("polygon")
+    @classmethod
+    def _has_area(cls, polygon: tuple[Point, ...]) -> tuple[Point, ...]:
+        area = 0.0
+        for (x1, y1), (x2, y2) in zip(polygon, polygon[1:] + polygon[:1], strict=True):
+            area += x1 * y2 - x2 * y1
+        if abs(area) / 2 < 1e-4:
+            raise ValueError("polygon has no area (points on a line, or repeated)")
+        return polygon
+
+
+class GatingConfig(_Model):
+    """Skip inference on frames that have not changed, with a forced check now and then."""
+
+    enabled: bool = Field(default=True, description="skip unchanged frames")
+    threshold: float = Field(
+        default=2.0,
+        ge=0,
+        le=255,
+        description="mean absolute change (grey levels, 0..255) below which a frame is unchanged",
+    )
+    max_skip: Duration = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="run inference at least this often anyway (an uncovered tray does not move)",
+    )
+
+
+class CameraRuleConfig(_Model):
+    """A camera's own values for a rule; anything unset comes from ``rules.<name>``."""
+
+    enabled: bool | None = Field(default=None, description="rule on/off on this camera")
+    min_confidence: float | None = Field(default=None, ge=0.01, le=1, description="threshold")
+    min_duration: Duration | None = Field(default=None, ge=0, le=86400, description="seconds")
+    end_after: Duration | None = Field(default=None, ge=0, le=86400, description="seconds")
+    cooldown: Duration | None = Field(default=None, ge=0, le=7 * 86400, description="seconds")
+    zones: tuple[str, ...] | None = Field(default=None, description="zone names of this camera")
+    schedule: str | None = Field(default=None, description="name in schedules")
+    box_height: tuple[float, float] | None = Field(
+        default=None, description="plausible box heights [min, max], fractions of the picture"
+    )
+
+
 class CameraConfig(_Model):
     """One camera: where its stream is and how often to look at it."""
 
@@ -292,6 +372,24 @@ class CameraConfig(_Model):
     picture: PictureConfig = Field(
         default_factory=PictureConfig, description="black / frozen / covered picture checks"
     )
+    zones: dict[str, ZoneConfig] = Field(
+        default_factory=dict, description="named areas of the picture (by id)"
+    )
+    rules: dict[str, CameraRuleConfig] = Field(
+        default_factory=dict, description="this camera's own values for rules (by rule name)"
+    )
+    gating: GatingConfig = Field(
+        default_factory=GatingConfig,
+        description="skip unchanged frames, force a check now and then",
+    )
+
+    @field_validator("zones")
+    @classmethod
+    def _zone_ids(cls, zones: dict[str, ZoneConfig]) -> dict[str, ZoneConfig]:
+        for name in zones:
+            if not _ID_RE.match(name):
+                raise ValueError(f"zone id {name!r} must match {ID_PATTERN}")
+        return zones
 
     @field_validator("url", "main_url")
     @classmethod
@@ -362,6 +460,73 @@ class ModelConfig(_Model):
         default=0.25, ge=0.01, le=1, description="detections below this are discarded"
     )
     iou_threshold: float = Field(default=0.45, ge=0.05, le=1, description="NMS IoU threshold")
+    max_slowdown: float = Field(
+        default=4.0,
+        ge=1,
+        le=20,
+        description=(
+            "when inference cannot keep up, every camera's detect_interval is stretched"
+            " together up to this factor (counted in the heartbeat) instead of dropping"
+            " frames at random"
+        ),
+    )
+
+
+Consensus = tuple[int, int]
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
+
+
+def _parse_days(value: object) -> object:
+    """``[mon, wed-fri]`` -> ``(0, 2, 3, 4)``; ranges may wrap (``sat-mon``)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        return value
+    days: set[int] = set()
+    for item in value:
+        if not isinstance(item, str):
+            return value  # let pydantic report the type
+        first, _, last = item.strip().lower().partition("-")
+        if first not in _DAYS or (last and last not in _DAYS):
+            raise ValueError(f"unknown day {item!r} (mon, tue, ... sun, or a range mon-fri)")
+        a, b = _DAYS.index(first), _DAYS.index(last or first)
+        days.update((a + i) % 7 for i in range((b - a) % 7 + 1))
+    return tuple(sorted(days))
+
+
+def _minutes(text: str) -> int:
+    match = _HHMM.match(text)
+    if match is None or (match.group(1) == "24" and match.group(2) != "00"):
+        raise ValueError(f"time {text!r} must be HH:MM (00:00 .. 24:00)")
+    return int(match.group(1)) * 60 + int(match.group(2))
+
+
+class ScheduleWindow(_Model):
+    """A weekly time window in the box's time zone; end <= start runs past midnight."""
+
+    days: Annotated[tuple[int, ...], BeforeValidator(_parse_days)] = Field(
+        default=(0, 1, 2, 3, 4, 5, 6),
+        description="days the window starts on: [mon, ..., sun] or ranges like mon-fri",
+    )
+    start: str = Field(description="HH:MM local time")
+    end: str = Field(description="HH:MM local time; at or before start: ends the next day")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, text: str) -> str:
+        _minutes(text)
+        return text
+
+    def contains(self, weekday: int, minute: int) -> bool:
+        """Whether local ``weekday`` (0 = Monday) at ``minute`` of the day is in the window."""
+        start, end = _minutes(self.start), _minutes(self.end)
+        if start < end:
+            return weekday in self.days and start <= minute < end
+        # Past midnight (or a whole day when start == end): the tail belongs to the day before.
+        return (weekday in self.days and minute >= start) or (
+            (weekday - 1) % 7 in self.days and minute < end
+        )
 
 
 class RuleConfig(_Model):
@@ -378,15 +543,63 @@ class RuleConfig(_Model):
     min_duration: Duration = Field(
         default=3.0, ge=0, le=86400, description="seen this long before an alert is raised"
     )
-    clear_after: Duration = Field(
-        default=10.0, ge=0, le=86400, description="unseen this long ends the episode"
+    end_after: Duration = Field(
+        default=10.0,
+        ge=0,
+        le=86400,
+        description="unseen this long ends the episode (and ends a raised alert)",
+    )
+    consensus: Consensus | None = Field(
+        default=None,
+        description="also require [hits, of]: at least hits of the last `of` checks saw it",
     )
     cooldown: Duration = Field(
-        default=600.0, ge=0, le=7 * 86400, description="no new alert of this type on this camera"
+        default=600.0,
+        ge=0,
+        le=7 * 86400,
+        description="no new alert of this type in this camera zone within this after one started",
     )
     severity: Literal["info", "warning", "critical"] = Field(
         default="warning", description="how urgent the platform should treat it"
     )
+    zones: tuple[str, ...] = Field(
+        default=(),
+        description="only in these zones (ids of the camera's zones); empty: the whole picture",
+    )
+    zone_anchor: Literal["bottom_center", "overlap"] = Field(
+        default="bottom_center",
+        description=(
+            "bottom_center: the box's bottom-centre point must be in the zone (where a person"
+            " stands or an object rests); overlap: at least min_overlap of the box is in it"
+        ),
+    )
+    min_overlap: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="share of the box inside the zone (zone_anchor overlap)",
+    )
+    schedule: str | None = Field(
+        default=None, description="name in schedules: alert only then; unset: always"
+    )
+    box_height: tuple[float, float] = Field(
+        default=(0.0, 1.0),
+        description="plausible box heights [min, max] as fractions of the picture height",
+    )
+
+    @field_validator("consensus")
+    @classmethod
+    def _consensus(cls, value: Consensus | None) -> Consensus | None:
+        if value is not None and not 1 <= value[0] <= value[1] <= 1000:
+            raise ValueError("consensus must be [hits, of] with 1 <= hits <= of <= 1000")
+        return value
+
+    @field_validator("box_height")
+    @classmethod
+    def _box_height(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] < value[1] <= 1:
+            raise ValueError("box_height must be [min, max] with 0 <= min < max <= 1")
+        return value
 
 
 def _default_rules() -> dict[str, RuleConfig]:
@@ -426,6 +639,50 @@ class EvidenceConfig(_Model):
         le=100_000_000,
         description="largest JPEG sent; quality is lowered to fit (EMQX's default limit: 1 MB)",
     )
+    font: Path | None = Field(
+        default=None,
+        description="font file with Chinese glyphs for the caption (TTF/OTF/TTC); unset: the "
+        "first found of WenQuanYi Micro Hei, Noto Sans CJK and a few other system fonts",
+    )
+    keep_days: int = Field(
+        default=30, ge=1, le=3650, description="evidence images older than this are deleted, days"
+    )
+    max_total_mb: float = Field(
+        default=2000.0,
+        ge=1,
+        le=10_000_000,
+        description="evidence images above this total (MB) are deleted, oldest first",
+    )
+
+
+class CaptureConfig(_Model):
+    """Frames kept with the model's detections as YOLO labels, to label and improve the model.
+
+    The frames show children and staff: personal data. Turn this on only where the school's
+    consent and data policy allow it.
+    """
+
+    enabled: bool = Field(
+        default=False, description="keep sample frames (personal data: the school's policy rules)"
+    )
+    uncertain_band: float = Field(
+        default=0.15,
+        ge=0,
+        le=1,
+        description="keep a frame when a detection's confidence is within this of its threshold",
+    )
+    random_rate: float = Field(
+        default=0.001, ge=0, le=1, description="share of analysed frames kept at random"
+    )
+    max_mb: float = Field(
+        default=500.0, ge=1, le=10_000_000, description="size cap (MB); the oldest frames go first"
+    )
+    min_interval: Duration = Field(
+        default=30.0, ge=0, le=86400, description="at most one frame per camera this often"
+    )
+    directory: Path | None = Field(
+        default=None, description="where the frames go; unset: <storage.state_dir>/capture"
+    )
 
 
 class HeartbeatConfig(_Model):
@@ -458,8 +715,15 @@ class AgentConfig(_Model):
     rules: dict[str, RuleConfig] = Field(
         default_factory=_default_rules, description="violation types by name"
     )
+    schedules: dict[str, tuple[ScheduleWindow, ...]] = Field(
+        default_factory=dict,
+        description="named weekly time windows (e.g. preparation and serving hours) for rules",
+    )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="local state")
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig, description="snapshots")
+    capture: CaptureConfig = Field(
+        default_factory=CaptureConfig, description="frames kept for labelling (off by default)"
+    )
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig, description="heartbeat")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="logging")
 
@@ -470,6 +734,37 @@ class AgentConfig(_Model):
             if not _ID_RE.match(name):
                 raise ValueError(f"rule name {name!r} must match {ID_PATTERN}")
         return rules
+
+    def cross_check(self) -> list[tuple[tuple[int | str, ...], str]]:
+        """References between sections that a single field cannot check: (where, problem)."""
+        problems: list[tuple[tuple[int | str, ...], str]] = []
+        known = ", ".join(sorted(self.schedules)) or "none defined"
+        for name, rule in self.rules.items():
+            if rule.schedule is not None and rule.schedule not in self.schedules:
+                problems.append(
+                    (("rules", name, "schedule"), f"unknown schedule {rule.schedule!r} ({known})")
+                )
+            for zone in rule.zones:
+                if not any(zone in cam.zones for cam in self.cameras.values()):
+                    problems.append((("rules", name, "zones"), f"no camera has a zone {zone!r}"))
+        for camera_id, camera in self.cameras.items():
+            for name, own in camera.rules.items():
+                where: tuple[int | str, ...] = ("cameras", camera_id, "rules", name)
+                if name not in self.rules:
+                    rules = ", ".join(sorted(self.rules))
+                    problems.append((where, f"no rule {name!r} in rules ({rules})"))
+                    continue
+                if own.schedule is not None and own.schedule not in self.schedules:
+                    problems.append(
+                        ((*where, "schedule"), f"unknown schedule {own.schedule!r} ({known})")
+                    )
+                for zone in own.zones or ():
+                    if zone not in camera.zones:
+                        zones = ", ".join(sorted(camera.zones)) or "none defined"
+                        problems.append(
+                            ((*where, "zones"), f"camera has no zone {zone!r} ({zones})")
+                        )
+        return problems
 
     @property
     def client_id(self) -> str:
@@ -611,7 +906,7 @@ def parse_config(text: str, source: str = "<config>") -> AgentConfig:
             f"{source}:1: the file must be a mapping of sections (identity, mqtt, ...)"
         )
     try:
-        return AgentConfig.model_validate(data)
+        config = AgentConfig.model_validate(data)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -621,6 +916,14 @@ def parse_config(text: str, source: str = "<config>") -> AgentConfig:
             problems.append(f"{where} {_format_loc(loc)}: {_message(error)}")
         summary = f"{source}: {len(problems)} problem(s) in the configuration"
         raise ConfigError(summary, problems) from None
+    problems = []
+    for loc, message in config.cross_check():
+        line = _line_of(root, loc)
+        where = f"{source}:{line}" if line is not None else source
+        problems.append(f"{where} {_format_loc(loc)}: {message}")
+    if problems:
+        raise ConfigError(f"{source}: {len(problems)} problem(s) in the configuration", problems)
+    return config
 
 
 def _anchor(path: Path | None, base: Path) -> Path | None:
@@ -662,6 +965,12 @@ def with_base_dir(config: AgentConfig, base: Path) -> AgentConfig:
             "model": config.model.model_copy(update={"path": _anchor(config.model.path, base)}),
             "storage": config.storage.model_copy(
                 update={"state_dir": _anchor(config.storage.state_dir, base)}
+            ),
+            "evidence": config.evidence.model_copy(
+                update={"font": _anchor(config.evidence.font, base)}
+            ),
+            "capture": config.capture.model_copy(
+                update={"directory": _anchor(config.capture.directory, base)}
             ),
         }
     )

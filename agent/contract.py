@@ -163,19 +163,29 @@ def camera_status(
 def alert(
     config: AgentConfig, item: Alert, evidence: Evidence | None, *, model: str
 ) -> dict[str, Any]:
-    """Payload of ``alert``; the evidence JPEG travels as its own message (see ``Topics``)."""
+    """Payload of ``alert`` (its start or its end); the evidence JPEG travels as its own
+    message (see ``Topics``): with the start, and with the end when a better frame came."""
     camera = config.cameras.get(item.camera_id)
+    zone = camera.zones.get(item.zone) if camera is not None and item.zone else None
+    until = item.ended_at if item.phase == "end" and item.ended_at is not None else item.raised_at
     body: dict[str, Any] = {
         "v": SCHEMA_VERSION,
-        "id": item.id,
-        "ts": utc_iso(item.raised_at),
+        # The message id (de-duplication) differs between an alert's start and its end.
+        "id": item.id if item.phase == "start" else f"{item.id}:end",
+        "alert_id": item.id,
+        "event": item.phase,
+        "ts": utc_iso(item.raised_at if item.phase == "start" else time.time()),
         "box": _box(config),
         "type": item.type,
         "severity": item.severity,
         "camera": item.camera_id,
         "camera_name": camera.name if camera is not None else "",
+        "zone": item.zone,
+        "zone_name": zone.name if zone is not None else "",
         "started_at": utc_iso(item.started_at),
-        "duration_s": round(max(0.0, item.raised_at - item.started_at), 3),
+        "raised_at": utc_iso(item.raised_at),
+        "duration_s": round(max(0.0, until - item.started_at), 3),
+        "hits": item.hits,
         "confidence": round(item.confidence, 4),
         "model": model,
         "detections": [
@@ -187,6 +197,9 @@ def alert(
             for d in item.detections
         ],
     }
+    if item.phase == "end":
+        body["ended_at"] = utc_iso(until)
+        body["end_reason"] = item.end_reason
     if evidence is not None:
         ev: dict[str, Any] = {
             "mime": "image/jpeg",
@@ -215,6 +228,7 @@ def heartbeat(
     system: dict[str, Any],
     clock: dict[str, Any],
     control: dict[str, Any],
+    capture: dict[str, Any],
 ) -> dict[str, Any]:
     """Payload of ``heartbeat``: what the platform needs to judge this box's health."""
     online = sum(1 for c in cameras.values() if c.get("state") == "online")
@@ -231,6 +245,7 @@ def heartbeat(
         "system": system,
         "clock": clock,
         "control": control,
+        "capture": capture,
         "detector": detector,
         "uplink": uplink,
         "outbox": outbox,

@@ -27,10 +27,19 @@ logger = logging.getLogger(__name__)
 RULE_PREFIX = "rule."
 MUTE_KEY = "alarm.muted_until"
 #: Rule fields the ``set`` command may change.
-SETTABLE = ("enabled", "min_confidence", "min_duration", "clear_after", "cooldown", "severity")
+SETTABLE = (
+    "enabled",
+    "min_confidence",
+    "min_duration",
+    "end_after",
+    "consensus",
+    "cooldown",
+    "severity",
+    "schedule",
+)
 MAX_MUTE_MINUTES = 24 * 60
 #: Config sections a reload applies live; any other changed section needs a restart.
-LIVE_SECTIONS = ("cameras", "rules", "evidence", "heartbeat")
+LIVE_SECTIONS = ("cameras", "rules", "schedules", "evidence", "heartbeat")
 
 
 def merge_rule(name: str, base: RuleConfig, changes: Mapping[str, Any]) -> RuleConfig:
@@ -85,7 +94,10 @@ class RuleOverrides:
         }
 
     def set(
-        self, configured: Mapping[str, RuleConfig], args: Mapping[str, Any]
+        self,
+        configured: Mapping[str, RuleConfig],
+        args: Mapping[str, Any],
+        schedules: Mapping[str, object] | None = None,
     ) -> tuple[str, RuleConfig, dict[str, Any]]:
         """Validate and store ``set`` arguments; return (rule, effective rule, its override).
 
@@ -113,6 +125,11 @@ class RuleOverrides:
             raise CommandError(f"nothing to set: give one of {', '.join(SETTABLE)}, or reset")
         override = {**self.load().get(name, {}), **changes}
         rule = merge_rule(name, configured[name], override)
+        if rule.schedule is not None and rule.schedule not in (schedules or {}):
+            known = ", ".join(sorted(schedules or {})) or "none defined"
+            raise CommandError(
+                f"rules.{name}.schedule: unknown schedule {rule.schedule!r} ({known})"
+            )
         # Store the validated values (durations as seconds), not the raw strings.
         stored = {key: getattr(rule, key) for key in override}
         self.outbox.put_setting(RULE_PREFIX + name, stored, source="command:set")

@@ -293,6 +293,8 @@ class CameraReader:
         self._stall_times: collections.deque[float] = collections.deque(maxlen=4096)
         self._backoff = Backoff()
         self._interrupted = False  # a session failed since the last frame
+        # Set by the agent's load governor: detect_interval is stretched by this factor.
+        self.interval_scale = 1.0
         self._thread = threading.Thread(target=self._run, name=f"ingest-{self.label}", daemon=True)
 
     # ------------------------------------------------------------------ public
@@ -551,6 +553,7 @@ class CameraReader:
                 need_key = False
                 got_frame = True
                 t = frame.time if frame.time is not None else time.monotonic() - session_start
+                sampler.interval = cfg.detect_interval * self.interval_scale
                 due = sampler.due(t)
                 if due:
                     sampler.taken(t)

@@ -137,6 +137,13 @@ def _m008_settings(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m009_alert_lifecycle(db: sqlite_utils.Database) -> None:
+    # Alerts have a start and an end (issue #6): the zone they are in, when the violation
+    # was last seen, why the alert ended, and the end message as sent (for resend).
+    for column in ("zone TEXT", "ended_at REAL", "end_reason TEXT", "end_payload TEXT"):
+        db.execute(f"ALTER TABLE alerts ADD COLUMN {column}")
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("001_outbox", _m001_outbox),
     ("002_alerts", _m002_alerts),
@@ -146,6 +153,7 @@ MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("006_commands", _m006_commands),
     ("007_alert_payloads", _m007_alert_payloads),
     ("008_settings", _m008_settings),
+    ("009_alert_lifecycle", _m009_alert_lifecycle),
 )
 
 
@@ -178,6 +186,7 @@ class AlertRecord:
     confidence: float
     detections: list[dict[str, Any]]
     evidence_path: str | None
+    zone: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,8 +396,8 @@ class Outbox:
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO alerts (id, camera, type, severity, started_at, raised_at,"
-                " confidence, detections, evidence_path, message_id, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " confidence, detections, evidence_path, message_id, payload, zone)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     alert.id,
                     alert.camera,
@@ -401,6 +410,7 @@ class Outbox:
                     alert.evidence_path,
                     alert.id,
                     payload.decode("utf-8", errors="replace"),
+                    alert.zone,
                 ),
             )
             self._insert(
@@ -423,6 +433,62 @@ class Outbox:
                     qos=1,
                     retain=False,
                     msg_id=f"{alert.id}:evidence",
+                    now=now,
+                    ttl=self.ttl,
+                )
+
+    def record_alert_end(
+        self,
+        alert_id: str,
+        *,
+        ended_at: float,
+        reason: str,
+        confidence: float,
+        topic: str,
+        payload: bytes,
+        evidence: tuple[str, bytes] | None = None,
+        evidence_path: str | None = None,
+    ) -> None:
+        """Commit an alert's end, its message (id ``<alert id>:end``) and a better image.
+
+        Raises:
+            OutboxError: the write failed; nothing of it is stored.
+        """
+        now = time.time()
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE alerts SET ended_at = ?, end_reason = ?, end_payload = ?,"
+                " confidence = MAX(confidence, ?),"
+                " evidence_path = COALESCE(?, evidence_path) WHERE id = ?",
+                (
+                    ended_at,
+                    reason,
+                    payload.decode("utf-8", errors="replace"),
+                    confidence,
+                    evidence_path,
+                    alert_id,
+                ),
+            )
+            self._insert(
+                conn,
+                topic,
+                payload,
+                kind="alert",
+                qos=1,
+                retain=False,
+                msg_id=f"{alert_id}:end",
+                now=now,
+                ttl=self.ttl,
+            )
+            if evidence is not None:
+                self._insert(
+                    conn,
+                    evidence[0],
+                    evidence[1],
+                    kind="evidence",
+                    qos=1,
+                    retain=False,
+                    msg_id=f"{alert_id}:evidence:end",
                     now=now,
                     ttl=self.ttl,
                 )
@@ -620,12 +686,20 @@ class Outbox:
     def requeue_alerts(self, since: float, until: float, topic: str) -> int:
         """Queue the stored alerts raised in [since, until] again on ``topic``; return how many.
 
+        Both messages of an alert that has ended (its start, then its end) go again.
+
         Alerts still waiting in the outbox are not doubled. The evidence image is sent again
         from its file when the file is still there.
         """
         now = time.time()
         count = 0
         with self._transaction() as conn:
+            ends = conn.execute(
+                "SELECT id, end_payload FROM alerts WHERE raised_at BETWEEN ? AND ?"
+                " AND end_payload IS NOT NULL AND id || ':end' NOT IN (SELECT id FROM outbox)"
+                " ORDER BY raised_at",
+                (since, until),
+            ).fetchall()
             rows = conn.execute(
                 "SELECT id, payload, evidence_path FROM alerts WHERE raised_at BETWEEN ? AND ?"
                 " AND payload IS NOT NULL AND id NOT IN (SELECT id FROM outbox)"
@@ -664,6 +738,18 @@ class Outbox:
                             ttl=self.ttl,
                         )
                 count += 1
+            for alert_id, text in ends:  # after the starts: per topic order is kept
+                self._insert(
+                    conn,
+                    topic,
+                    text.encode(),
+                    kind="alert",
+                    qos=1,
+                    retain=False,
+                    msg_id=f"{alert_id}:end",
+                    now=now,
+                    ttl=self.ttl,
+                )
         return count
 
     # ------------------------------------------------------------------ commands

@@ -1,14 +1,24 @@
 """Turn per-frame detections into alerts: one real violation gives one alert, noise gives none.
 
-Each (camera, violation type) pair has its own episode state:
+A *track* is one (camera, rule, zone) triple; the zone is ``None`` when the rule watches
+the whole picture. Per analysed frame of a camera:
 
-* a frame *hits* when one of the rule's labels is detected at ``min_confidence`` or more
-  (unset: the model manifest's threshold for that label, else 0.5);
-* an episode starts at the first hit and lasts while hits keep coming with gaps no longer
-  than ``clear_after`` (a detector misses a head now and then; that must not restart it);
-* the alert is raised once the episode has lasted ``min_duration`` and the camera is out
-  of the type's ``cooldown``; an episode raises at most one alert;
-* the cooldown runs from the last alert of that type on that camera.
+1. detections in the camera's exclusion areas (posters, TVs) are dropped;
+2. a detection *hits* a rule when its label is one of the rule's, its confidence reaches
+   ``min_confidence`` (unset: the model manifest's threshold for the label, else 0.5), its
+   box height is within ``box_height`` (a face or head must be plausibly a person in the
+   kitchen, not a speck or the whole picture) and it is in the zone (see ``agent.zones``);
+3. an episode starts at the first hit and lasts while hits keep coming with gaps no longer
+   than ``end_after`` (a detector misses a head now and then; that must not restart it);
+4. the alert **starts** once the episode has lasted ``min_duration`` and, when
+   ``consensus: [m, n]`` is set, at least m of the track's last n checks hit; and only
+   inside the rule's ``schedule`` and out of the track's ``cooldown`` (counted from the
+   previous alert's start); an episode raises at most one alert;
+5. while the violation persists the best frame (highest confidence) is kept; the alert
+   **ends** when the violation has been unseen for ``end_after`` (also when no frames
+   arrive at all: :meth:`RuleEngine.expire`), when its rule is disabled, or when the agent
+   stops. The end event carries the last time it was seen and, when a better frame came
+   after the start, that frame as new evidence.
 
 Times are monotonic seconds supplied by the caller, so the engine is deterministic and
 property-testable; wall-clock times for the report are carried alongside.
@@ -16,90 +26,187 @@ property-testable; wall-clock times for the report are carried alongside.
 
 from __future__ import annotations
 
+import collections
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, tzinfo
+from typing import Literal
 
 import numpy as np
 
-from agent.config import RuleConfig
+from agent.config import CameraConfig, RuleConfig, ScheduleWindow
 from agent.detect import Detection
+from agent.zones import Point, box_in_zone, excluded
 
 DEFAULT_MIN_CONFIDENCE = 0.5
+
+Phase = Literal["start", "end"]
 
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """A violation that passed its rule: to be stored, published and sounded."""
+    """A violation that passed its rule (``phase`` start), or its end (``phase`` end)."""
 
     id: str
     type: str
     severity: str
     camera_id: str
     started_at: float  # wall clock, first hit of the episode
-    raised_at: float  # wall clock
+    raised_at: float  # wall clock of the frame that started the alert
     confidence: float  # best confidence seen in the episode
     detections: tuple[Detection, ...]  # the hits of the evidence frame
     frame: np.ndarray | None = field(repr=False, compare=False)  # BGR evidence frame
     frame_wall: float = 0.0  # when the evidence frame was decoded
     zone: str | None = None  # the camera zone the violation is in; None: the whole picture
+    phase: Phase = "start"
+    ended_at: float | None = None  # end events: the last time the violation was seen
+    end_reason: str = ""  # end events: cleared, rule_disabled, agent_stop
+    hits: int = 0  # frames that saw the violation in this episode (so far)
 
 
 @dataclass(slots=True)
 class _Episode:
     first_mono: float
+    first_wall: float
     last_mono: float
+    last_wall: float
+    hits: int = 0
     best_confidence: float = 0.0
     best_frame: np.ndarray | None = None
     best_wall: float = 0.0
     best_hits: tuple[Detection, ...] = ()
-    raised: bool = False
+    alert: Alert | None = None  # the started alert, until it ends
+    improved: bool = False  # a better frame came after the alert started
+    suppressed: bool = False  # already counted as suppressed by the cooldown
 
 
 @dataclass(slots=True)
-class _TrackState:
+class _Track:
     episode: _Episode | None = None
-    last_alert_mono: float | None = None
+    last_start_mono: float | None = None
+    window: collections.deque[bool] = field(default_factory=collections.deque)
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """A rule as it applies on one camera: merged parameters and the zones it watches."""
+
+    rule: RuleConfig
+    zones: tuple[tuple[str | None, tuple[Point, ...]], ...]  # (zone id, polygon); None: all
+
+
+def effective_camera_rule(rule: RuleConfig, camera: CameraConfig | None, name: str) -> RuleConfig:
+    """``rule`` with the camera's own values for it (``cameras.<id>.rules.<name>``)."""
+    if camera is None or name not in camera.rules:
+        return rule
+    own = camera.rules[name].model_dump(exclude_none=True)
+    return rule.model_copy(update=own)
+
+
+def in_schedule(windows: Sequence[ScheduleWindow], wall: float, tz: tzinfo | None) -> bool:
+    """Whether ``wall`` (epoch seconds) falls in one of ``windows`` in time zone ``tz``."""
+    local = datetime.fromtimestamp(wall, tz)
+    minute = local.hour * 60 + local.minute
+    return any(window.contains(local.weekday(), minute) for window in windows)
 
 
 class RuleEngine:
     """Applies every enabled rule to each analysed frame of each camera."""
 
     def __init__(
-        self, rules: Mapping[str, RuleConfig], label_thresholds: Mapping[str, float] | None = None
+        self,
+        rules: Mapping[str, RuleConfig],
+        label_thresholds: Mapping[str, float] | None = None,
+        *,
+        cameras: Mapping[str, CameraConfig] | None = None,
+        schedules: Mapping[str, Sequence[ScheduleWindow]] | None = None,
+        tz: tzinfo | None = None,
     ) -> None:
+        """``cameras`` give zones and per-camera rule values; other cameras use the rules as is."""
         self._label_thresholds = dict(label_thresholds or {})
+        self.tz = tz
         self.rules: dict[str, RuleConfig] = {}
-        self._thresholds: dict[tuple[str, str], float] = {}
-        self._states: dict[tuple[str, str], _TrackState] = {}
+        self._cameras: dict[str, CameraConfig] = {}
+        self._schedules: dict[str, tuple[ScheduleWindow, ...]] = {}
+        self._targets: dict[str, dict[str, _Target | None]] = {}  # camera -> rule -> target
+        self._tracks: dict[tuple[str, str, str | None], _Track] = {}
         # configure() runs on the command thread, update() on the detect thread.
         self._lock = threading.Lock()
         self.alerts_raised = 0
+        self.alerts_ended = 0
         self.suppressed_by_cooldown = 0
-        self.configure(rules)
+        self.outside_schedule = 0  # frames whose hits a schedule ignored
+        self.excluded = 0  # detections dropped in exclusion areas
+        self.implausible_size = 0  # detections dropped by box_height
+        self.configure(rules, cameras=cameras or {}, schedules=schedules or {})
 
-    def configure(self, rules: Mapping[str, RuleConfig]) -> None:
-        """Replace the rules (a reload or a ``set``), keeping the state of rules that stay.
+    # ------------------------------------------------------------------ configuration
 
-        An open episode and the cooldown of a rule that is kept carry on under its new
-        parameters; the state of a removed or disabled rule is dropped.
+    def configure(
+        self,
+        rules: Mapping[str, RuleConfig],
+        *,
+        cameras: Mapping[str, CameraConfig] | None = None,
+        schedules: Mapping[str, Sequence[ScheduleWindow]] | None = None,
+        wall: float = 0.0,
+    ) -> list[Alert]:
+        """Replace the rules (a reload or a ``set``), keeping the state of tracks that stay.
+
+        ``cameras`` and ``schedules`` left as None keep the current ones. An open episode
+        and the cooldown of a track that is kept carry on under its new parameters; a
+        track whose rule, camera or zone is gone is dropped, and its running alert ends
+        (returned, with reason ``rule_disabled``; ``wall`` is the time it is ended at).
         """
-        enabled = {name: rule for name, rule in rules.items() if rule.enabled}
-        # (rule, label) -> confidence a detection needs to count for that rule.
-        thresholds = {
-            (name, label): (
-                rule.min_confidence
-                if rule.min_confidence is not None
-                else self._label_thresholds.get(label, DEFAULT_MIN_CONFIDENCE)
-            )
-            for name, rule in enabled.items()
-            for label in rule.labels
-        }
         with self._lock:
-            self._states = {key: st for key, st in self._states.items() if key[1] in enabled}
-            self._thresholds = thresholds
-            self.rules = enabled
+            self.rules = {name: rule for name, rule in rules.items() if rule.enabled}
+            if cameras is not None:
+                self._cameras = dict(cameras)
+            if schedules is not None:
+                self._schedules = {name: tuple(w) for name, w in schedules.items()}
+            self._targets = {}
+            kept: dict[tuple[str, str, str | None], _Track] = {}
+            ended: list[Alert] = []
+            for key, track in self._tracks.items():
+                camera_id, name, zone = key
+                target = self._target(camera_id, name)
+                if target is not None and any(z == zone for z, _ in target.zones):
+                    kept[key] = track
+                elif track.episode is not None and track.episode.alert is not None:
+                    ended.append(self._end(track.episode, track.episode.last_wall, "rule_disabled"))
+            self._tracks = kept
+            return ended
+
+    def _target(self, camera_id: str, name: str) -> _Target | None:
+        """The rule ``name`` as it applies on ``camera_id`` (cached), or None when it does not."""
+        per_camera = self._targets.setdefault(camera_id, {})
+        if name in per_camera:
+            return per_camera[name]
+        target = None
+        base = self.rules.get(name)
+        camera = self._cameras.get(camera_id)
+        if base is not None:
+            rule = effective_camera_rule(base, camera, name)
+            if rule.enabled:
+                if not rule.zones:
+                    target = _Target(rule, ((None, ()),))
+                elif camera is not None:
+                    zones = tuple(
+                        (zid, camera.zones[zid].polygon)
+                        for zid in rule.zones
+                        if zid in camera.zones and not camera.zones[zid].exclude
+                    )
+                    target = _Target(rule, zones) if zones else None
+        per_camera[name] = target
+        return target
+
+    def _threshold(self, rule: RuleConfig, label: str) -> float:
+        if rule.min_confidence is not None:
+            return rule.min_confidence
+        return self._label_thresholds.get(label, DEFAULT_MIN_CONFIDENCE)
+
+    # ------------------------------------------------------------------ per frame
 
     def update(
         self,
@@ -110,69 +217,136 @@ class RuleEngine:
         wall: float,
         frame: np.ndarray | None = None,
     ) -> list[Alert]:
-        """Feed one analysed frame; return the alerts it completes (usually none)."""
+        """Feed one analysed frame; return the alerts it starts and ends (usually none)."""
         with self._lock:
-            return self._update(camera_id, detections, mono=mono, wall=wall, frame=frame)
+            camera = self._cameras.get(camera_id)
+            areas = [z.polygon for z in camera.zones.values() if z.exclude] if camera else []
+            if areas:
+                kept = [d for d in detections if not excluded(d.box, areas)]
+                self.excluded += len(detections) - len(kept)
+                detections = kept
+            events: list[Alert] = []
+            for name in self.rules:
+                target = self._target(camera_id, name)
+                if target is None:
+                    continue
+                rule = target.rule
+                candidates = [
+                    d
+                    for d in detections
+                    if d.label in rule.labels and d.confidence >= self._threshold(rule, d.label)
+                ]
+                plausible = [
+                    d
+                    for d in candidates
+                    if rule.box_height[0] <= d.box[3] - d.box[1] <= rule.box_height[1]
+                ]
+                self.implausible_size += len(candidates) - len(plausible)
+                scheduled = rule.schedule is None or in_schedule(
+                    self._schedules.get(rule.schedule, ()), wall, self.tz
+                )
+                if not scheduled and plausible:
+                    self.outside_schedule += 1
+                for zone, polygon in target.zones:
+                    hits = tuple(
+                        d
+                        for d in plausible
+                        if zone is None
+                        or box_in_zone(d.box, polygon, rule.zone_anchor, rule.min_overlap)
+                    )
+                    track = self._tracks.setdefault((camera_id, name, zone), _Track())
+                    events += self._step(
+                        track,
+                        name,
+                        rule,
+                        camera_id=camera_id,
+                        zone=zone,
+                        hits=hits if scheduled else (),
+                        mono=mono,
+                        wall=wall,
+                        frame=frame,
+                    )
+            return events
 
-    def _update(
-        self,
-        camera_id: str,
-        detections: Sequence[Detection],
-        *,
-        mono: float,
-        wall: float,
-        frame: np.ndarray | None,
-    ) -> list[Alert]:
-        alerts: list[Alert] = []
-        for name, rule in self.rules.items():
-            hits = tuple(
-                d
-                for d in detections
-                if d.label in rule.labels and d.confidence >= self._thresholds[(name, d.label)]
-            )
-            state = self._states.setdefault((camera_id, name), _TrackState())
-            alert = self._step(
-                state, name, rule, camera_id=camera_id, hits=hits, mono=mono, wall=wall, frame=frame
-            )
-            if alert is not None:
-                alerts.append(alert)
-        return alerts
+    def expire(self, mono: float) -> list[Alert]:
+        """End the alerts unseen for ``end_after``, also on cameras that send no frames."""
+        with self._lock:
+            events = []
+            for (camera_id, name, _zone), track in self._tracks.items():
+                episode = track.episode
+                if episode is None:
+                    continue
+                target = self._target(camera_id, name)
+                end_after = target.rule.end_after if target is not None else 0.0
+                if mono - episode.last_mono > end_after:
+                    track.episode = None
+                    if episode.alert is not None:
+                        events.append(self._end(episode, episode.last_wall, "cleared"))
+            return events
+
+    def close_all(self, reason: str = "agent_stop") -> list[Alert]:
+        """End every running alert (the agent is stopping)."""
+        with self._lock:
+            events = []
+            for track in self._tracks.values():
+                episode = track.episode
+                if episode is not None and episode.alert is not None:
+                    events.append(self._end(episode, episode.last_wall, reason))
+                track.episode = None
+            return events
 
     def _step(
         self,
-        state: _TrackState,
+        track: _Track,
         name: str,
         rule: RuleConfig,
         *,
         camera_id: str,
+        zone: str | None,
         hits: tuple[Detection, ...],
         mono: float,
         wall: float,
         frame: np.ndarray | None,
-    ) -> Alert | None:
-        episode = state.episode
-        if episode is not None and mono - episode.last_mono > rule.clear_after:
-            episode = state.episode = None  # the gap was too long: that episode is over
+    ) -> list[Alert]:
+        events: list[Alert] = []
+        episode = track.episode
+        if episode is not None and mono - episode.last_mono > rule.end_after:
+            track.episode = None  # the gap was too long: that episode is over
+            if episode.alert is not None:
+                events.append(self._end(episode, episode.last_wall, "cleared"))
+            episode = None
+        if rule.consensus is not None:
+            window = track.window
+            window.append(bool(hits))
+            while len(window) > rule.consensus[1]:
+                window.popleft()
         if not hits:
-            return None
+            return events
         if episode is None:
-            episode = state.episode = _Episode(first_mono=mono, last_mono=mono)
-        episode.last_mono = mono
+            episode = track.episode = _Episode(
+                first_mono=mono, first_wall=wall, last_mono=mono, last_wall=wall
+            )
+        episode.last_mono, episode.last_wall = mono, wall
+        episode.hits += 1
         best = max(d.confidence for d in hits)
-        if best >= episode.best_confidence:
+        if best > episode.best_confidence or episode.best_frame is None:
             episode.best_confidence = best
             episode.best_frame = frame
             episode.best_wall = wall
             episode.best_hits = hits
-        if episode.raised or mono - episode.first_mono < rule.min_duration:
-            return None
-        if state.last_alert_mono is not None and mono - state.last_alert_mono < rule.cooldown:
-            self.suppressed_by_cooldown += 1
-            return None
-        episode.raised = True
-        state.last_alert_mono = mono
+            episode.improved = episode.alert is not None
+        if episode.alert is not None or mono - episode.first_mono < rule.min_duration:
+            return events
+        if rule.consensus is not None and sum(track.window) < rule.consensus[0]:
+            return events
+        if track.last_start_mono is not None and mono - track.last_start_mono < rule.cooldown:
+            if not episode.suppressed:
+                episode.suppressed = True
+                self.suppressed_by_cooldown += 1
+            return events
+        track.last_start_mono = mono
         self.alerts_raised += 1
-        return Alert(
+        episode.alert = Alert(
             id=uuid.uuid4().hex,
             type=name,
             severity=rule.severity,
@@ -184,19 +358,52 @@ class RuleEngine:
             detections=episode.best_hits,
             frame=episode.best_frame,
             frame_wall=episode.best_wall,
+            zone=zone,
+            hits=episode.hits,
+        )
+        episode.improved = False
+        events.append(episode.alert)
+        return events
+
+    def _end(self, episode: _Episode, last_seen: float, reason: str) -> Alert:
+        start = episode.alert
+        if start is None:
+            raise ValueError("ending an episode that raised no alert")
+        self.alerts_ended += 1
+        better = episode.improved
+        episode.alert = None
+        return replace(
+            start,
+            phase="end",
+            ended_at=max(last_seen, start.raised_at),
+            end_reason=reason,
+            confidence=episode.best_confidence,
+            detections=episode.best_hits if better else start.detections,
+            frame=episode.best_frame if better else None,
+            frame_wall=episode.best_wall if better else start.frame_wall,
+            hits=episode.hits,
         )
 
-    def active(self, camera_id: str, mono: float) -> list[str]:
-        """Violation types with an open episode on ``camera_id`` at time ``mono``."""
-        out = []
+    # ------------------------------------------------------------------ inspection
+
+    def active(self) -> list[tuple[str, str, str | None]]:
+        """(camera, rule, zone) of every alert running now."""
         with self._lock:
-            states, rules = dict(self._states), self.rules
-        for (cam, name), state in states.items():
-            ep = state.episode
-            if (
-                cam == camera_id
-                and ep is not None
-                and mono - ep.last_mono <= rules[name].clear_after
-            ):
-                out.append(name)
-        return sorted(out)
+            return sorted(
+                (key for key, t in self._tracks.items() if t.episode and t.episode.alert),
+                key=lambda k: (k[0], k[1], k[2] or ""),
+            )
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the heartbeat."""
+        with self._lock:
+            running = sum(1 for t in self._tracks.values() if t.episode and t.episode.alert)
+        return {
+            "raised": self.alerts_raised,
+            "ended": self.alerts_ended,
+            "running": running,
+            "suppressed_by_cooldown": self.suppressed_by_cooldown,
+            "outside_schedule": self.outside_schedule,
+            "excluded": self.excluded,
+            "implausible_size": self.implausible_size,
+        }

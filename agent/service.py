@@ -30,6 +30,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -38,16 +40,18 @@ from typing import Any
 import numpy as np
 
 from agent import __version__, contract, evidence
+from agent.capture import Capture, capture_directory
 from agent.commands import CommandError, Commands, Handler
 from agent.config import AgentConfig, CameraConfig, LoggingConfig, check_secrets, load_config
 from agent.control import Mute, RuleOverrides, apply_live, diff_config, effective_rules
-from agent.detect import Detector, load_model_package
+from agent.detect import Detection, Detector, load_model_package
 from agent.errors import AgentError, ConfigError, OutboxError
 from agent.ingest import CameraReader, CameraState, Frame, FrameRing, FrameSlot, Transition
 from agent.outbox import AlertRecord, Outage, Outbox
 from agent.picture import PictureMonitor
 from agent.redact import RedactingFilter
 from agent.rules import Alert, RuleEngine
+from agent.scheduler import ChangeGate, LoadGovernor
 from agent.telemetry import ProcessCpu, clock_status, system_metrics
 from agent.uplink import Uplink
 
@@ -126,21 +130,26 @@ class Agent:
         self.topics = contract.Topics(config)
         state_dir = config.storage.state_dir
         self.evidence_dir = state_dir / "evidence"
-        self.outbox = Outbox(state_dir / "agent.db", ttl=config.storage.message_ttl)
-        closed = self.outbox.close_open_outages(self.started, "agent_restart")
-        if closed:
-            logger.info("closed %d camera outage(s) left open by the previous run", closed)
-        if self.outbox.recovered_from is not None:
-            logger.error(
-                "started a fresh database; the corrupt one is at %s", self.outbox.recovered_from
-            )
+        self.outbox = _open_store(config, self.started)
         self.detector = _load_detector(config)
         package = self.detector.package
         self.model_id = f"{package.name}@{package.version}"
+        thresholds = dict(package.thresholds)  # what counts for the rules, per label
+        for rule in config.rules.values():
+            if rule.min_confidence is not None:
+                for label in rule.labels:
+                    thresholds[label] = rule.min_confidence
+        self.capture = Capture(
+            config.capture, package.labels, thresholds, capture_directory(config)
+        )
         self.overrides = RuleOverrides(self.outbox)
         self.mute = Mute(self.outbox)
         self.rules = RuleEngine(
-            effective_rules(config.rules, self.overrides.load()), package.thresholds
+            effective_rules(config.rules, self.overrides.load()),
+            package.thresholds,
+            cameras=config.cameras,
+            schedules=config.schedules,
+            tz=config.identity.tz,
         )
         self._reload_lock = threading.Lock()
         self._reload_requested = threading.Event()
@@ -151,6 +160,9 @@ class Agent:
         self.commands.on_reply = self.uplink.wake
         self._wake = threading.Event()
         self.pictures: dict[str, PictureMonitor] = {}
+        self.gates: dict[str, ChangeGate] = {}
+        self._detections: dict[str, list[Detection]] = {}  # last analysed, per camera
+        self.governor = LoadGovernor(config.model.max_slowdown)
         self.readers: dict[str, CameraReader] = {}
         self.slots: dict[str, FrameSlot] = {}
         # Main (full-resolution) streams, keyframes only, for evidence snapshots.
@@ -159,7 +171,9 @@ class Agent:
         self._camera_stops: dict[str, threading.Event] = {}
         self._add_cameras({cid: cam for cid, cam in config.cameras.items() if cam.enabled})
         # Alerts that could not be committed (disk full), oldest first, retried by health.
-        self._unstored: list[tuple[AlertRecord, bytes, tuple[str, bytes] | None]] = []
+        # Alert writes (starts and ends) that could not be committed (disk full), oldest
+        # first, retried by the health thread: (alert id, the write).
+        self._unstored: list[tuple[str, Callable[[], None]]] = []
         self._unstored_lock = threading.Lock()
         self.alerts_dropped = 0
         self._heartbeat_now = threading.Event()
@@ -176,6 +190,7 @@ class Agent:
     def _add_cameras(self, cameras: dict[str, CameraConfig]) -> list[CameraReader]:
         """Build readers for ``cameras`` (not started); return them."""
         slots, pictures, readers = dict(self.slots), dict(self.pictures), dict(self.readers)
+        gates = dict(self.gates)
         rings, mains, stops = (
             dict(self.main_rings),
             dict(self.main_readers),
@@ -186,6 +201,7 @@ class Agent:
             stop = stops[camera_id] = threading.Event()
             slot = slots[camera_id] = FrameSlot(self._wake)
             pictures[camera_id] = PictureMonitor(camera.picture)
+            gates[camera_id] = ChangeGate(camera.gating)
             readers[camera_id] = CameraReader(
                 camera_id, camera, stop=stop, slot=slot, on_transition=self._on_transition
             )
@@ -196,6 +212,7 @@ class Agent:
                 mains[camera_id] = CameraReader(camera_id, main, stop=stop, slot=ring, role="main")
                 built.append(mains[camera_id])
         self.slots, self.pictures, self.readers = slots, pictures, readers
+        self.gates = gates
         self.main_rings, self.main_readers, self._camera_stops = rings, mains, stops
         return built
 
@@ -220,6 +237,8 @@ class Agent:
             without(self.readers),
         )
         self.main_rings, self.main_readers = without(self.main_rings), without(self.main_readers)
+        self.gates = without(self.gates)
+        self._detections = without(self._detections)
         self._camera_stops = without(self._camera_stops)
         self._last_frames = without(self._last_frames)
         return gone
@@ -279,6 +298,8 @@ class Agent:
         self._wake.set()
         self._detect_thread.join(timeout=1.5)
         self._health_thread.join(timeout=1.0)
+        for event in self.rules.close_all():  # running alerts end with reason agent_stop
+            self._store_alert_end(event)
         self._retry_unstored()
         self.uplink.stop(drain_timeout=1.5)
         for reader in (*self.readers.values(), *self.main_readers.values()):
@@ -302,24 +323,47 @@ class Agent:
                 frames = [f for f in (slot.take() for slot in self.slots.values()) if f is not None]
                 if frames:
                     self._analyse(frames)
+                for event in self.rules.expire(time.monotonic()):  # also cameras without frames
+                    self._store_alert_end(event)
         except Exception:
             logger.exception("detect thread crashed; stopping the agent so systemd restarts it")
             self.stop_event.set()
 
     def _analyse(self, frames: list[Frame]) -> None:
+        """One batched inference over the frames that changed; rules for all of them."""
+        started = time.perf_counter()
+        gates = self.gates
+        due = []
         for frame in frames:
             self._last_frames[frame.camera_id] = frame
-        t0 = time.perf_counter()
-        results = self.detector.detect_batch([f.image for f in frames])
-        self.inference_seconds += time.perf_counter() - t0
-        self.inferences += 1
-        self.frames_analysed += len(frames)
-        for frame, detections in zip(frames, results, strict=True):
+            gate = gates.get(frame.camera_id)
+            if gate is None or gate.should_analyse(frame.image, frame.mono):
+                due.append(frame)
+        if due:
+            t0 = time.perf_counter()
+            results = self.detector.detect_batch([f.image for f in due])
+            self.inference_seconds += time.perf_counter() - t0
+            self.inferences += 1
+            self.frames_analysed += len(due)
+            for frame, detections in zip(due, results, strict=True):
+                self._detections[frame.camera_id] = detections
+        analysed = {id(f) for f in due}
+        for frame in frames:
+            # A skipped frame looks like the last analysed one: its detections stand.
+            detections = self._detections.get(frame.camera_id, [])
             self._check_picture(frame)
-            for alert in self.rules.update(
+            if id(frame) in analysed:  # only frames the model looked at become labelling data
+                self.capture.offer(frame.camera_id, frame.image, detections, frame.wall)
+            for event in self.rules.update(
                 frame.camera_id, detections, mono=frame.mono, wall=frame.wall, frame=frame.image
             ):
-                self._store_alert(alert)
+                if event.phase == "start":
+                    self._store_alert(event)
+                else:
+                    self._store_alert_end(event)
+        scale = self.governor.record(time.perf_counter() - started)
+        for reader in self.readers.values():
+            reader.interval_scale = scale
 
     def _evidence_frame(self, alert: Alert) -> tuple[np.ndarray | None, str]:
         """The main stream's keyframe taken within a second of the detection, else the sub frame."""
@@ -355,7 +399,14 @@ class Agent:
         image, source = self._evidence_frame(alert)
         if self.config.evidence.enabled and image is not None:
             try:
-                saved = evidence.save(alert, image, self.config.evidence, self.evidence_dir, source)
+                saved = evidence.save(
+                    alert,
+                    image,
+                    self.config.evidence,
+                    self.evidence_dir,
+                    source,
+                    **self._drawing(alert),
+                )
             except (OutboxError, ValueError) as exc:
                 logger.error(
                     "camera %s: alert %s has no evidence: %s", alert.camera_id, alert.id, exc
@@ -375,47 +426,126 @@ class Agent:
                 for d in alert.detections
             ],
             evidence_path=str(saved.path) if saved is not None else None,
+            zone=alert.zone,
         )
         self.alerts_by_type[alert.type] = self.alerts_by_type.get(alert.type, 0) + 1
+        topic = self.topics.alert
+        if self._commit(
+            alert, lambda: self.outbox.record_alert(record, topic, payload, attachment)
+        ):
+            logger.warning(
+                "camera %s: ALERT %s%s (%.2f) id=%s evidence=%s",
+                alert.camera_id,
+                alert.type,
+                f" in {alert.zone}" if alert.zone else "",
+                alert.confidence,
+                alert.id,
+                saved.path if saved is not None else "-",
+            )
+
+    def _drawing(self, alert: Alert) -> dict[str, Any]:
+        """What the evidence image shows besides the boxes: name, zone, exclusions, time zone."""
+        camera = self.config.cameras.get(alert.camera_id)
+        zones = camera.zones if camera is not None else {}
+        zone = zones.get(alert.zone) if alert.zone else None
+        return {
+            "camera_name": camera.name if camera is not None else "",
+            "zone": zone.polygon if zone is not None else None,
+            "excluded": [z.polygon for z in zones.values() if z.exclude],
+            "tz": self.config.identity.tz,
+        }
+
+    def _store_alert_end(self, alert: Alert) -> None:
+        """Commit an alert's end, with a better image when one came after the start."""
+        saved = None
+        if alert.frame is not None and self.config.evidence.enabled:
+            image, source = self._evidence_frame(alert)
+            try:
+                # A file of its own: the start's image stays what the start message described.
+                end_shot = replace(alert, id=f"{alert.id}-end")
+                if image is not None:
+                    saved = evidence.save(
+                        end_shot,
+                        image,
+                        self.config.evidence,
+                        self.evidence_dir,
+                        source,
+                        **self._drawing(alert),
+                    )
+            except (OutboxError, ValueError) as exc:
+                logger.error(
+                    "camera %s: end of %s has no new evidence: %s", alert.camera_id, alert.id, exc
+                )
+        payload = contract.encode(contract.alert(self.config, alert, saved, model=self.model_id))
+        attachment = (self.topics.evidence(alert.id), saved.jpeg) if saved is not None else None
+        topic = self.topics.alert
+        ended_at = alert.ended_at if alert.ended_at is not None else time.time()
+
+        def write() -> None:
+            self.outbox.record_alert_end(
+                alert.id,
+                ended_at=ended_at,
+                reason=alert.end_reason,
+                confidence=alert.confidence,
+                topic=topic,
+                payload=payload,
+                evidence=attachment,
+                evidence_path=str(saved.path) if saved is not None else None,
+            )
+
+        if self._commit(alert, write):
+            logger.warning(
+                "camera %s: alert %s %s ended (%s) after %.0f s",
+                alert.camera_id,
+                alert.type,
+                alert.id,
+                alert.end_reason,
+                ended_at - alert.started_at,
+            )
+
+    def _commit(self, alert: Alert, write: Callable[[], None]) -> bool:
+        """Run an alert write now, or keep it for a retry when the disk refuses it."""
+        with self._unstored_lock:
+            if self._unstored:  # keep the order: earlier writes wait already
+                self._unstored.append((alert.id, write))
+                return False
         try:
-            self.outbox.record_alert(record, self.topics.alert, payload, attachment)
+            write()
         except OutboxError as exc:
             logger.error(
-                "camera %s: alert %s not stored yet, will retry: %s", alert.camera_id, alert.id, exc
+                "camera %s: alert %s (%s) not stored yet, will retry: %s",
+                alert.camera_id,
+                alert.id,
+                alert.phase,
+                exc,
             )
             with self._unstored_lock:
                 if len(self._unstored) < MAX_UNSTORED_ALERTS:
-                    self._unstored.append((record, payload, attachment))
-                    return
+                    self._unstored.append((alert.id, write))
+                    return False
                 self.alerts_dropped += 1
             logger.error(
-                "camera %s: alert %s dropped: %d alerts already wait for space",
+                "camera %s: alert %s (%s) dropped: %d alert writes already wait for space",
                 alert.camera_id,
                 alert.id,
+                alert.phase,
                 MAX_UNSTORED_ALERTS,
             )
-            return
-        logger.warning(
-            "camera %s: ALERT %s (%.2f) id=%s evidence=%s",
-            alert.camera_id,
-            alert.type,
-            alert.confidence,
-            alert.id,
-            saved.path if saved is not None else "-",
-        )
+            return False
         self.uplink.wake()
+        return True
 
     def _retry_unstored(self) -> None:
         with self._unstored_lock:
             while self._unstored:
-                record, payload, attachment = self._unstored[0]
+                alert_id, write = self._unstored[0]
                 try:
-                    self.outbox.record_alert(record, self.topics.alert, payload, attachment)
+                    write()
                 except OutboxError as exc:
-                    logger.error("%d alert(s) still not stored: %s", len(self._unstored), exc)
+                    logger.error("%d alert write(s) still not stored: %s", len(self._unstored), exc)
                     return
                 self._unstored.pop(0)
-                logger.info("camera %s: alert %s stored after a retry", record.camera, record.id)
+                logger.info("alert %s stored after a retry", alert_id)
                 self.uplink.wake()
 
     # ------------------------------------------------------------------ health thread
@@ -515,12 +645,30 @@ class Agent:
             self.stop_event.set()
 
     def _housekeeping(self) -> None:
-        """Expire messages past their TTL and keep the database under its size cap."""
+        """Expire messages past their TTL, keep the database under its size cap, and
+        evidence images within their age and total size."""
         try:
             self.outbox.expire()
             self.outbox.enforce_cap(int(self.config.storage.max_db_mb * 1e6))
         except OutboxError as exc:
             logger.error("outbox housekeeping failed: %s", exc)
+        cfg = self.config.evidence
+        try:
+            pruned = evidence.prune(
+                self.evidence_dir,
+                keep_days=cfg.keep_days,
+                max_total_bytes=int(cfg.max_total_mb * 1e6),
+                now=time.time(),
+            )
+        except OutboxError as exc:
+            logger.error("evidence retention failed: %s", exc)
+            return
+        if pruned.files_removed:
+            logger.info(
+                "evidence retention removed %d image(s), %.1f MB",
+                pruned.files_removed,
+                pruned.bytes_removed / 1e6,
+            )
 
     def health(self) -> dict[str, Any]:
         """Everything the heartbeat reports, as plain data."""
@@ -534,6 +682,9 @@ class Agent:
                 snap["picture_metrics"] = {
                     k: round(v, 2) for k, v in monitor.metrics().items() if math.isfinite(v)
                 }
+            gate = self.gates.get(cid)
+            if gate is not None:
+                snap["gating"] = gate.snapshot()
             main = mains.get(cid)
             if main is not None:
                 main_snap = main.snapshot()
@@ -561,13 +712,14 @@ class Agent:
                 "inferences": self.inferences,
                 "frames": self.frames_analysed,
                 "avg_batch_ms": round(avg_ms, 2),
+                **self.governor.snapshot(),
             },
             "uplink": self.uplink.snapshot(),
+            "capture": self.capture.stats(),
             "outbox": {"backlog": self.outbox.backlog(), "counters": self.outbox.counters()},
             "alerts": {
-                "raised": self.rules.alerts_raised,
+                **self.rules.stats(),
                 "by_type": dict(self.alerts_by_type),
-                "suppressed_by_cooldown": self.rules.suppressed_by_cooldown,
                 "unstored": len(self._unstored),
                 "dropped": self.alerts_dropped,
             },
@@ -590,6 +742,7 @@ class Agent:
             system=h["system"],
             clock=h["clock"],
             control=h["control"],
+            capture=h["capture"],
         )
         try:
             self.outbox.enqueue(
@@ -628,8 +781,13 @@ class Agent:
             self.restart_required = change.restart_required
             self.reloaded_at = time.time()
             self.config = apply_live(self.config, new)
-            if "rules" in change.live:
-                self.rules.configure(effective_rules(new.rules, self.overrides.load()))
+            if {"rules", "cameras", "schedules"} & set(change.live):
+                for event in self.rules.configure(
+                    effective_rules(new.rules, self.overrides.load()),
+                    cameras=new.cameras,
+                    schedules=new.schedules,
+                ):
+                    self._store_alert_end(event)
             enabled = {cid: cam for cid, cam in new.cameras.items() if cam.enabled}
             gone = sorted(set(self.readers) - set(enabled))
             restarted = sorted(
@@ -754,8 +912,11 @@ class Agent:
 
     def _cmd_set(self, args: dict[str, Any]) -> dict[str, Any]:
         """Change a rule's threshold, durations, cooldown, severity or enabled; persisted."""
-        name, rule, override = self.overrides.set(self.config.rules, args)
-        self.rules.configure(effective_rules(self.config.rules, self.overrides.load()))
+        name, rule, override = self.overrides.set(self.config.rules, args, self.config.schedules)
+        for event in self.rules.configure(
+            effective_rules(self.config.rules, self.overrides.load())
+        ):
+            self._store_alert_end(event)
         logger.info("rule %s changed by the platform: %s", name, override or "reset")
         self._heartbeat_now.set()
         return {
@@ -769,6 +930,21 @@ class Agent:
             return self.reload("command")
         except ConfigError as exc:
             raise CommandError("; ".join([str(exc), *exc.problems])) from None
+
+
+def _open_store(config: AgentConfig, started: float) -> Outbox:
+    """Open (or recover) the database and close the outages the previous run left open.
+
+    Raises:
+        OutboxError: the state directory or database cannot be used.
+    """
+    outbox = Outbox(config.storage.state_dir / "agent.db", ttl=config.storage.message_ttl)
+    closed = outbox.close_open_outages(started, "agent_restart")
+    if closed:
+        logger.info("closed %d camera outage(s) left open by the previous run", closed)
+    if outbox.recovered_from is not None:
+        logger.error("started a fresh database; the corrupt one is at %s", outbox.recovered_from)
+    return outbox
 
 
 def _load_detector(config: AgentConfig) -> Detector:

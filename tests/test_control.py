@@ -212,7 +212,7 @@ def agent_config(
                 "enabled": enabled,
                 "labels": ["head_bare"],
                 "min_duration": 1.0,
-                "clear_after": 3,
+                "end_after": 3,
                 "cooldown": 600,
             }
         },

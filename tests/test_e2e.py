@@ -126,7 +126,7 @@ def write_config(
             "no_hat": {
                 "labels": ["head_bare"],
                 "min_duration": 1.0,
-                "clear_after": 3,
+                "end_after": 3,
                 "cooldown": 600,
             }
         },
@@ -186,9 +186,14 @@ def test_alert_travels_the_whole_path(
     assert took < 5.0, f"shutdown took {took:.1f} s"
 
     alerts = payloads(collector, "alert")
-    assert len(alerts) == 1, alerts
-    alert = alerts[0]
+    assert [a["event"] for a in alerts] == ["start", "end"], alerts
+    alert, end = alerts
     jsonschema.validate(alert, load_schema("alert"))
+    jsonschema.validate(end, load_schema("alert"))
+    assert end["alert_id"] == alert["alert_id"] == alert["id"]
+    assert end["id"] == f"{alert['id']}:end"
+    assert end["end_reason"] == "agent_stop"  # the square was still there at SIGTERM
+    assert end["duration_s"] >= alert["duration_s"]
     assert alert["type"] == "no_hat"
     assert alert["camera"] == "kitchen-1"
     assert alert["camera_name"] == "后厨"
@@ -300,14 +305,17 @@ def test_alert_raised_while_broker_down_survives_shutdown_and_is_sent_later(
     assert code == 0, agent.log
     assert took < 5.0
     alert_id = db_rows(tmp_path, "SELECT id FROM alerts")[0][0]
-    assert db_rows(tmp_path, "SELECT id FROM outbox WHERE kind = 'alert'") == [(alert_id,)]
+    assert db_rows(tmp_path, "SELECT id FROM outbox WHERE kind = 'alert' ORDER BY seq") == [
+        (alert_id,),
+        (f"{alert_id}:end",),  # SIGTERM ended the running alert
+    ]
 
     broker.start()
     collector = mqtt_collector(broker.url, f"{ROOT}/alert")
     again = AgentProcess(config).start()
     agents.append(again)
-    got = collector.wait_for(lambda ms: len(ms) >= 1, 30)
-    assert json.loads(got[0].payload)["id"] == alert_id
+    got = collector.wait_for(lambda ms: len(ms) >= 2, 30)
+    assert [json.loads(m.payload)["id"] for m in got[:2]] == [alert_id, f"{alert_id}:end"]
     code, _ = again.terminate()
     assert code == 0
 
@@ -656,3 +664,44 @@ def test_mqtt5_commands_snapshot_and_resend(
     assert code == 0, agent.log[-3000:]
     recorded = db_rows(tmp_path, "SELECT request_id, ok FROM commands ORDER BY seq")
     assert recorded == [("s1", 1), ("s2", 0), ("s3", 1)]
+
+
+def test_static_violation_is_still_caught_with_change_gating(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    mqtt_collector: CollectorFactory,
+    model_dir: Path,
+    tmp_path: Path,
+    agents: list[AgentProcess],
+) -> None:
+    """A violation that never moves (think of an uncovered tray): gating skips the unchanged
+    frames, forced checks still run every max_skip, and the alert is raised once."""
+    # A still scene: a grey wall over the clip's drifting background, a magenta square on it.
+    still = [(0.5, 0.5, 2.0, (90, 90, 90)), (0.5, 0.5, 0.35, MAGENTA)]
+    clip = clip_factory(seconds=4, fps=10, gop=10, squares=lambda _i: still)
+    server = rtsp_server_factory({"/kitchen": clip})
+    config = write_config(tmp_path, broker, server.url("/kitchen"), model_dir)
+    data = yaml.safe_load(config.read_text())
+    data["cameras"]["kitchen-1"].update(
+        {"detect_interval": 0.5, "gating": {"threshold": 2.0, "max_skip": 2}}
+    )
+    data["rules"]["no_hat"]["min_duration"] = 3.0
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    collector = mqtt_collector(broker.url, f"{ROOT}/#")
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    collector.wait_for(lambda ms: len(ms) >= 1, 40, topic_filter=f"{ROOT}/alert")
+
+    def gated(messages: list[Any]) -> bool:
+        gating = [json.loads(m.payload)["cameras"]["kitchen-1"].get("gating") for m in messages]
+        return any(g and g["skipped"] >= 4 and g["forced"] >= 2 for g in gating)
+
+    beats = collector.wait_for(gated, 30, topic_filter=f"{ROOT}/heartbeat")
+    gating = json.loads(beats[-1].payload)["cameras"]["kitchen-1"]["gating"]
+    assert gating["analysed"] < gating["analysed"] + gating["skipped"]
+    code, _ = agent.terminate()
+    assert code == 0, agent.log
+    starts = [a for a in payloads(collector, "alert") if a["event"] == "start"]
+    assert len(starts) == 1
+    assert starts[0]["duration_s"] >= 3.0  # skipped frames kept the episode going

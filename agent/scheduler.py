@@ -1,0 +1,144 @@
+"""Deciding what the detector looks at: change gating per camera, load governing overall.
+
+**Change gating.** Inference is the box's dearest work, and most kitchen frames between
+meals show an empty, unchanged room. A frame whose small grey thumbnail differs from the
+last *analysed* frame of its camera by less than ``threshold`` grey levels on average is
+skipped: the previous detections stand for it (the scene has not changed, so neither has
+what is in it), and the rules still see the time pass. Comparing against the last
+analysed frame, not the previous one, makes slow drift add up until it is analysed. A
+check is forced every ``max_skip`` seconds anyway: an uncovered tray or a person standing
+still does not move, and lighting changes can hide in the threshold.
+
+**Load governing.** When inference cannot keep up (more cameras than the box can serve at
+their ``detect_interval``), frames would be dropped at random by the newest-wins slots and
+the detect thread would run flat out. Instead the governor measures the share of time the
+detect thread is busy; above ``HIGH`` it stretches every camera's interval by a common
+factor (up to ``max_slowdown``), below ``LOW`` it shrinks it back. Every camera keeps the
+same share (fair), the box degrades predictably, and the stretch is counted and reported
+in the heartbeat rather than hidden.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from agent.config import GatingConfig
+
+THUMB_SIZE = (64, 36)  # width, height: enough for "did anything move", cheap (2,304 pixels)
+HIGH = 0.85  # busy share above which intervals stretch
+LOW = 0.5  # busy share below which they shrink back
+STEP = 1.25  # factor per adjustment
+WINDOW = 20.0  # seconds of busy-time history per decision
+
+
+def thumbnail(frame: np.ndarray) -> np.ndarray:
+    """A small grey float32 copy of a BGR frame for change detection."""
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+    small = cv2.resize(grey, THUMB_SIZE, interpolation=cv2.INTER_AREA)
+    return small.astype(np.float32)
+
+
+@dataclass(slots=True)
+class GateStats:
+    """Counters of one camera's gate."""
+
+    analysed: int = 0
+    skipped: int = 0
+    forced: int = 0  # analysed only because max_skip had passed
+    last_change: float = 0.0  # mean absolute difference of the last frame looked at
+
+
+class ChangeGate:
+    """Per camera: analyse this frame, or reuse the last detections?"""
+
+    def __init__(self, config: GatingConfig) -> None:
+        self.config = config
+        self.stats = GateStats()
+        self._thumb: np.ndarray | None = None
+        self._analysed_mono: float | None = None
+
+    def should_analyse(self, frame: np.ndarray, mono: float) -> bool:
+        """Decide for ``frame`` (decoded at monotonic ``mono``); records the decision."""
+        cfg = self.config
+        thumb = thumbnail(frame)
+        previous, last = self._thumb, self._analysed_mono
+        change = float(np.mean(np.abs(thumb - previous))) if previous is not None else 255.0
+        self.stats.last_change = change
+        if not cfg.enabled or previous is None or last is None or change >= cfg.threshold:
+            return self._analyse(thumb, mono)
+        if mono - last >= cfg.max_skip:
+            self.stats.forced += 1
+            return self._analyse(thumb, mono)
+        self.stats.skipped += 1
+        return False
+
+    def _analyse(self, thumb: np.ndarray, mono: float) -> bool:
+        self._thumb = thumb
+        self._analysed_mono = mono
+        self.stats.analysed += 1
+        return True
+
+    def snapshot(self) -> dict[str, float | int]:
+        """The counters as plain data."""
+        s = self.stats
+        return {
+            "analysed": s.analysed,
+            "skipped": s.skipped,
+            "forced": s.forced,
+            "last_change": round(s.last_change, 2),
+        }
+
+
+class LoadGovernor:
+    """Stretches all detection intervals together while the detect thread is overloaded."""
+
+    def __init__(self, max_slowdown: float, now: float | None = None) -> None:
+        """``now``: the monotonic start time (tests pass their own clock)."""
+        self.max_slowdown = max_slowdown
+        self.factor = 1.0
+        self.stretches = 0  # times the factor went up
+        self.degraded_seconds = 0.0
+        self._busy: list[tuple[float, float]] = []  # (end mono, busy seconds)
+        self._since = time.monotonic() if now is None else now
+        self._last_decision = self._since
+        self._last_tick = self._since
+
+    def record(self, busy: float, mono: float | None = None) -> float:
+        """Account ``busy`` seconds of detect work ending now; return the current factor."""
+        now = time.monotonic() if mono is None else mono
+        if self.factor > 1.0:
+            self.degraded_seconds += now - self._last_tick
+        self._last_tick = now
+        self._busy.append((now, busy))
+        horizon = now - WINDOW
+        while self._busy and self._busy[0][0] < horizon:
+            self._busy.pop(0)
+        if now - self._last_decision < WINDOW / 4 or now - self._since < WINDOW / 2:
+            return self.factor
+        self._last_decision = now
+        share = self.busy_share(now)
+        if share > HIGH and self.factor < self.max_slowdown:
+            self.factor = min(self.max_slowdown, self.factor * STEP)
+            self.stretches += 1
+        elif share < LOW and self.factor > 1.0:
+            self.factor = max(1.0, self.factor / STEP)
+        return self.factor
+
+    def busy_share(self, now: float | None = None) -> float:
+        """Share of the last ``WINDOW`` seconds the detect thread spent working."""
+        now = time.monotonic() if now is None else now
+        span = min(WINDOW, max(1e-6, now - self._since))
+        return min(1.0, sum(b for _end, b in self._busy) / span)
+
+    def snapshot(self) -> dict[str, float | int]:
+        """State for the heartbeat."""
+        return {
+            "busy_share": round(self.busy_share(), 3),
+            "interval_scale": round(self.factor, 3),
+            "stretches": self.stretches,
+            "degraded_s": round(self.degraded_seconds, 1),
+        }

@@ -1,0 +1,108 @@
+"""Change gating and the load governor, on real video frames and hand-made scenes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from agent.config import GatingConfig
+from agent.scheduler import HIGH, LOW, WINDOW, ChangeGate, LoadGovernor
+
+VIDEO = Path(__file__).resolve().parents[2] / "shared" / "videos" / "bareheaded_people_indoor.mp4"
+
+
+def video_frames(count: int, every: int = 10) -> list[np.ndarray]:
+    """``count`` BGR frames, one per ``every`` frames (1 s at 10 fps), of the shared video."""
+    if not VIDEO.exists():
+        pytest.skip(f"{VIDEO} is not available")
+    frames = []
+    with av.open(str(VIDEO)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i % every == 0:
+                frames.append(frame.to_ndarray(format="bgr24"))
+            if len(frames) == count:
+                break
+    return frames
+
+
+def test_static_scene_is_skipped_but_forced_every_max_skip() -> None:
+    """An unchanging picture is analysed once, then only every max_skip seconds."""
+    gate = ChangeGate(GatingConfig(threshold=2.0, max_skip=10.0))
+    still = np.full((360, 640, 3), 90, np.uint8)
+    decisions = [gate.should_analyse(still, mono=float(t)) for t in range(31)]
+    assert [t for t, d in enumerate(decisions) if d] == [0, 10, 20, 30]
+    assert gate.stats.forced == 3
+    assert gate.stats.skipped == 27
+
+
+def test_sensor_noise_is_not_a_change_but_a_person_is() -> None:
+    """Noise of a few grey levels stays under the threshold; an object entering does not."""
+    rng = np.random.default_rng(7)
+    gate = ChangeGate(GatingConfig(threshold=2.0, max_skip=1000.0))
+    base = rng.integers(60, 200, (360, 640, 3), dtype=np.uint8)
+    assert gate.should_analyse(base, 0.0)
+    noisy = np.clip(base.astype(np.int16) + rng.integers(-3, 4, base.shape), 0, 255)
+    assert not gate.should_analyse(noisy.astype(np.uint8), 1.0)
+    person = base.copy()
+    person[100:300, 250:350] = 20  # a dark figure, 9 % of the picture
+    assert gate.should_analyse(person, 2.0)
+
+
+def test_slow_drift_adds_up_against_the_last_analysed_frame() -> None:
+    """Small steps each under the threshold trigger once their sum is over it."""
+    gate = ChangeGate(GatingConfig(threshold=4.0, max_skip=1000.0))
+    analysed = [
+        gate.should_analyse(np.full((90, 160, 3), 100 + step, np.uint8), step) for step in range(10)
+    ]
+    assert analysed == [True, False, False, False, True, False, False, False, True, False]
+
+
+def test_gating_off_analyses_everything() -> None:
+    """enabled: false analyses every frame."""
+    gate = ChangeGate(GatingConfig(enabled=False))
+    still = np.zeros((90, 160, 3), np.uint8)
+    assert all(gate.should_analyse(still, float(t)) for t in range(5))
+
+
+def test_real_video_people_walking_are_analysed_empty_room_skipped() -> None:
+    """On the canteen-like sample video, frames with people moving are analysed, and the
+    gate skips some frames of the still stretches (the video has empty intervals)."""
+    frames = video_frames(120)
+    gate = ChangeGate(GatingConfig(threshold=2.0, max_skip=10.0))
+    for t, frame in enumerate(frames):
+        gate.should_analyse(frame, float(t))
+    assert gate.stats.analysed + gate.stats.skipped == len(frames)
+    assert gate.stats.analysed >= 12  # at least the forced checks
+    assert gate.stats.skipped > 0
+
+
+def test_governor_stretches_under_load_and_recovers() -> None:
+    """Busy above HIGH stretches the factor up to max_slowdown; idle brings it back to 1."""
+    t = 1000.0
+    governor = LoadGovernor(max_slowdown=2.0, now=t)
+    for _ in range(int(3 * WINDOW)):  # busy 0.95 s per second
+        t += 1.0
+        governor.record(0.95, mono=t)
+    assert governor.factor == 2.0
+    assert governor.stretches >= 3
+    assert governor.busy_share(t) > HIGH
+    assert governor.degraded_seconds > 0
+    for _ in range(int(6 * WINDOW)):  # nearly idle
+        t += 1.0
+        governor.record(0.05, mono=t)
+    assert governor.factor == 1.0
+    assert governor.busy_share(t) < LOW
+
+
+def test_governor_leaves_a_comfortable_box_alone() -> None:
+    """At 60 % busy (between LOW and HIGH) nothing changes."""
+    t = 1000.0
+    governor = LoadGovernor(max_slowdown=4.0, now=t)
+    for _ in range(int(3 * WINDOW)):
+        t += 1.0
+        governor.record(0.6, mono=t)
+    assert governor.factor == 1.0
+    assert governor.stretches == 0
