@@ -24,6 +24,7 @@ so head detections on it are neither true nor false positives.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -61,6 +62,9 @@ class ClassResult:
     precision: float | None  # None: no detection at the threshold
     recall: float | None  # None: no ground truth
     ap: float | None  # None: no ground truth
+    # The threshold with the best F0.5 (precision weighs twice recall: an alert reaches
+    # regulators and parents) among detections at CALIBRATION_FLOOR or more; None: no TP.
+    calibrated: float | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,36 @@ def average_precision(confidences: Sequence[float], hits: Sequence[bool], n_trut
     return float(np.sum(steps * envelope))
 
 
+CALIBRATION_FLOOR: Final = 0.25  # the agent's default model.conf_threshold
+CALIBRATION_BETA: Final = 0.5
+
+
+def calibrate(
+    matches: Sequence[tuple[float, bool]], gt: int, beta: float = CALIBRATION_BETA
+) -> float | None:
+    """The confidence threshold that maximises F-beta over ``matches`` (confidence, hit).
+
+    Candidates are the confidences of true positives at CALIBRATION_FLOOR or above; the
+    result is rounded down to 0.01 so it keeps the detection it was taken from.
+    """
+    if gt <= 0:
+        return None
+    best: tuple[float, float] | None = None  # (F, threshold)
+    tp = fp = 0
+    b2 = beta * beta
+    for conf, hit in sorted(matches, key=lambda m: -m[0]):
+        if conf < CALIBRATION_FLOOR:
+            break
+        tp, fp = tp + hit, fp + (not hit)
+        if not hit:
+            continue
+        precision, recall = tp / (tp + fp), tp / gt
+        score = (1 + b2) * precision * recall / (b2 * precision + recall)
+        if best is None or score > best[0]:
+            best = (score, conf)
+    return None if best is None else math.floor(best[1] * 100) / 100
+
+
 def _class_result(
     label: str, threshold: float, matches: list[tuple[float, bool]], gt: int
 ) -> ClassResult:
@@ -219,6 +253,7 @@ def _class_result(
         precision=_ratio(tp, tp + fp),
         recall=_ratio(tp, gt),
         ap=ap,
+        calibrated=calibrate(matches, gt),
     )
 
 
@@ -361,12 +396,13 @@ def render_report(report: EvalReport, *, max_problems: int = 10) -> str:
         f"model    {report.model} ({report.backend}), match at IoU >= {report.iou:.2f}",
         "",
         f"{'class':<18} {'thresh':>6} {'gt':>6} {'tp':>6} {'fp':>6} {'fn':>6} "
-        f"{'precision':>9} {'recall':>6} {ap_name:>7}",
+        f"{'precision':>9} {'recall':>6} {ap_name:>7} {'F0.5 thr':>8}",
     ]
     for c in report.classes:
         lines.append(
             f"{c.label:<18} {c.threshold:>6.2f} {c.gt:>6} {c.tp:>6} {c.fp:>6} {c.fn:>6} "
-            f"{_fmt(c.precision):>9} {_fmt(c.recall):>6} {_fmt(c.ap):>7}"
+            f"{_fmt(c.precision):>9} {_fmt(c.recall):>6} {_fmt(c.ap):>7} "
+            f"{'-' if c.calibrated is None else f'{c.calibrated:.2f}':>8}"
         )
     scored = sum(1 for c in report.classes if c.ap is not None)
     lines.append(f"{'mean ' + ap_name + f' ({scored} classes)':<72} {_fmt(report.map):>7}")

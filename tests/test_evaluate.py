@@ -26,6 +26,7 @@ from agent.detect import Detection, Detector, load_model_package, write_manifest
 from agent.evaluate import (
     EvalReport,
     average_precision,
+    calibrate,
     evaluate,
     match_image,
     render_report,
@@ -251,7 +252,18 @@ def test_report_renders_as_tables(detector: Detector, yolo_dataset: Path) -> Non
     text = render_report(report)
     assert "AP50" in text
     head = next(line for line in text.splitlines() if line.startswith("head_bare "))
-    assert head.split() == ["head_bare", "0.50", "3", "1", "1", "2", "0.500", "0.333", "0.556"]
+    assert head.split() == [
+        "head_bare",
+        "0.50",
+        "3",
+        "1",
+        "1",
+        "2",
+        "0.500",
+        "0.333",
+        "0.556",
+        "0.94",
+    ]  # last: the F0.5-best threshold
     assert any(line.startswith("no_hat ") for line in text.splitlines())
     assert "6 images in" in text
     assert report.images_per_s > 0
@@ -372,3 +384,14 @@ def test_matching_takes_the_highest_iou_box_not_yet_taken() -> None:
         (0.5, False),
     ]
     assert match_image(dets, truth, "face_mask", iou=0.5) == []
+
+
+def test_calibrate_picks_the_best_f_half_threshold() -> None:
+    """F0.5 favours precision: the cut goes above the false positive at 0.6 when the
+    recall lost is small, and never below the 0.25 floor; no ground truth gives None."""
+    matches = [(0.9, True), (0.8, True), (0.7, True), (0.6, False), (0.5, True), (0.3, False)]
+    assert calibrate(matches, gt=5) == 0.7
+    assert calibrate([(0.2, True), (0.1, True)], gt=2) is None  # under the floor
+    assert calibrate(matches, gt=0) is None
+    # A threshold is rounded down so the detection it came from still passes it.
+    assert calibrate([(0.876, True)], gt=1) == 0.87
