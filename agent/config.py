@@ -310,10 +310,13 @@ class GatingConfig(_Model):
 
     enabled: bool = Field(default=True, description="skip unchanged frames")
     threshold: float = Field(
-        default=2.0,
+        default=0.002,
         ge=0,
-        le=255,
-        description="mean absolute change (grey levels, 0..255) below which a frame is unchanged",
+        le=1,
+        description=(
+            "share of the picture that must change (by more than 12 grey levels) since the"
+            " last analysed frame; less: the frame is unchanged and skipped"
+        ),
     )
     max_skip: Duration = Field(
         default=10.0,

@@ -24,7 +24,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the project's loopback service harness
 
-from services import Broker, MqttCollector, MqttMessage, RtspServer  # noqa: E402
+from services import (  # noqa: E402
+    Broker,
+    MqttCollector,
+    MqttMessage,
+    RtspServer,
+    held_out_faces,
+    make_picture_clip,
+)
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "videos" / "bareheaded_people_indoor.mp4"
 
@@ -79,6 +86,11 @@ def describe(msg: MqttMessage, root: str) -> str:  # noqa: PLR0911 - one return 
     if topic == "alert":
         det = ", ".join(f"{d['label']} {d['confidence']:.2f}" for d in body["detections"])
         ev = body.get("evidence", {})
+        if body["event"] == "end":
+            return (
+                f"{'ALERT ended':<28} {body['type']} on {body['camera']} ({body['end_reason']}), "
+                f"seen {body['duration_s']:.1f} s in {body['hits']} frames, best [{det}]"
+            )
         return (
             f"{'ALERT':<28} {body['type']} on {body['camera']} ({body['camera_name']}), "
             f"{body['duration_s']:.1f} s, [{det}], evidence {ev.get('bytes', 0)} bytes"
@@ -86,10 +98,28 @@ def describe(msg: MqttMessage, root: str) -> str:  # noqa: PLR0911 - one return 
     return f"{topic:<28} {json.dumps(body, ensure_ascii=False)[:100]}"
 
 
-def write_config(output: Path, broker: Broker, camera_url: str, model: Path | None) -> Path:
+def counter_clip(output: Path) -> Path | None:
+    """The counter camera's clip: held-out people without a mask, then with one, 6 s each.
+
+    None when ``../shared/datasets/facemask`` is not there.
+    """
+    bare = held_out_faces({"without_mask"})[:3]
+    masked = held_out_faces({"with_mask"})[:3]
+    if not bare or not masked:
+        return None
+    return make_picture_clip(output / "counter.mp4", [*bare, *masked], hold=6.0)
+
+
+def write_config(
+    output: Path, broker: Broker, camera_url: str, counter_url: str | None, model: Path | None
+) -> Path:
     data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     data["mqtt"]["url"] = broker.url
     data["cameras"]["kitchen-1"]["url"] = camera_url
+    if counter_url is None:
+        del data["cameras"]["counter-1"]
+    else:
+        data["cameras"]["counter-1"]["url"] = counter_url
     data["storage"]["state_dir"] = str(output / "state")
     data["model"]["path"] = str(model if model is not None else REPO / "models" / "default")
     path = output / "agent.yaml"
@@ -123,9 +153,14 @@ def main() -> int:
             )
             broker.stop()
             return 2
-        rtsp = RtspServer({"/kitchen": source}, loop=True).start()
+        mounts = {"/kitchen": source}
+        counter = counter_clip(output)
+        if counter is not None:
+            mounts["/counter"] = counter
+        rtsp = RtspServer(mounts, loop=True).start()
         camera_url = rtsp.url("/kitchen")
-    config = write_config(output, broker, camera_url, args.model)
+    counter_url = rtsp.url("/counter") if rtsp is not None and "/counter" in rtsp.mounts else None
+    config = write_config(output, broker, camera_url, counter_url, args.model)
     cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
     ident = cfg["identity"]
     root = f"mclz/{ident['city']}/{ident['school_id']}/{ident['box_id']}"
@@ -133,6 +168,8 @@ def main() -> int:
     log_path = output / "agent.log"
     print(f"broker   {broker.url}   (subscribed to {root}/#)")
     print(f"camera   {camera_url}   ({args.source})")
+    if counter_url is not None:
+        print(f"camera   {counter_url}   (held-out facemask pictures: without, then with a mask)")
     print(f"agent    mclz-agent run --config {config}   (log: {log_path})")
     print(f"running for {args.duration:.0f} s; Ctrl-C stops earlier\n")
 
@@ -154,7 +191,7 @@ def main() -> int:
             time.sleep(0.5)
             messages = collector.messages()
             for msg in messages[shown:]:
-                print(f"[{stamp(msg.received_at)}] {describe(msg, root)}", flush=True)
+                print(f"[{stamp(time.time())}] {describe(msg, root)}", flush=True)
             shown = len(messages)
             if agent.poll() is not None:
                 print(f"\nthe agent exited early with code {agent.returncode}; its log ends:")
@@ -175,7 +212,7 @@ def main() -> int:
             exit_code = agent.returncode
         time.sleep(0.5)
         for msg in collector.messages()[shown:]:
-            print(f"[{stamp(msg.received_at)}] {describe(msg, root)}")
+            print(f"[{stamp(time.time())}] {describe(msg, root)}")
         collector.close()
         if rtsp is not None:
             rtsp.close()
@@ -189,6 +226,7 @@ def main() -> int:
         shutdown_s=shutdown_s,
         rusage=rusage,
         ran_s=time.monotonic() - started,
+        cameras=len(cfg["cameras"]),
     )
     return 0 if exit_code == 0 else 1
 
@@ -202,6 +240,7 @@ def summarize(
     shutdown_s: float,
     rusage: Any,
     ran_s: float,
+    cameras: int,
 ) -> None:
     counts: dict[str, int] = {}
     for msg in messages:
@@ -211,7 +250,11 @@ def summarize(
     print("\n== what arrived on the broker")
     for topic, count in sorted(counts.items()):
         print(f"  {topic:<30} {count}")
-    alerts = [json.loads(m.payload) for m in messages if m.topic == f"{root}/alert"]
+    alerts = [
+        body
+        for body in (json.loads(m.payload) for m in messages if m.topic == f"{root}/alert")
+        if body["event"] == "start"
+    ]
     print(f"\n== alerts: {len(alerts)}")
     evidence = sorted((output / "state" / "evidence").rglob("*.jpg"))
     by_id = {p.stem: p for p in evidence}
@@ -229,7 +272,7 @@ def summarize(
         cpu = rusage.ru_utime + rusage.ru_stime
         print(
             f"   CPU {cpu:.1f} s over {ran_s:.0f} s = {100 * cpu / ran_s:.0f}% of one core "
-            f"for 1 camera; peak RSS {rusage.ru_maxrss / 1024:.0f} MB"
+            f"for {cameras} camera(s); peak RSS {rusage.ru_maxrss / 1024:.0f} MB"
         )
     print(f"   database: {output / 'state' / 'agent.db'}   log: {output / 'agent.log'}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import itertools
 import json
 import os
@@ -23,6 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -33,6 +35,7 @@ from typing import IO, Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 import av
+import cv2
 import numpy as np
 import numpy.typing as npt
 import paho.mqtt.client as mqtt
@@ -1394,6 +1397,96 @@ def make_clip(
             frame.pts = i
             frame.time_base = Fraction(1, fps)
             container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+# --------------------------------------------------------------------------- real pictures
+
+FACEMASK = REPO_ROOT.parent / "shared" / "datasets" / "facemask"
+VAL_PERCENT = 15  # the validation share of scripts/prepare_data.py
+
+
+def in_val_split(source: str, stem: str) -> bool:
+    """Whether scripts/prepare_data.py held this image out of training (its val split)."""
+    digest = hashlib.sha1(f"{source}/{stem}".encode(), usedforsecurity=False).hexdigest()
+    return int(digest[:8], 16) % 100 < VAL_PERCENT
+
+
+def held_out_faces(classes: set[str], *, min_height: float = 0.25) -> list[Path]:
+    """Held-out facemask images whose only face is of ``classes`` and at least ``min_height``
+    of the picture tall (staff at a counter, as a canteen camera sees them), by name.
+
+    Chosen by ground truth only, never by what a model makes of them. Empty when
+    ``../shared/datasets/facemask`` is absent.
+    """
+    chosen = []
+    for xml_path in sorted((FACEMASK / "annotations").glob("*.xml")):
+        if not in_val_split("facemask", xml_path.stem):
+            continue
+        root = ET.parse(xml_path).getroot()  # noqa: S314 - the project's own dataset
+        objects = root.findall("object")
+        if len(objects) != 1 or objects[0].findtext("name") not in classes:
+            continue
+        box = objects[0].find("bndbox")
+        height = float(root.findtext("size/height") or 0)
+        if box is None or height <= 0:
+            continue
+        face = float(box.findtext("ymax") or 0) - float(box.findtext("ymin") or 0)
+        if face / height >= min_height:
+            chosen.append(FACEMASK / "images" / f"{xml_path.stem}.jpg")
+    return chosen
+
+
+def _letterbox(image: Image, width: int, height: int) -> Image:
+    canvas = np.full((height, width, 3), 60, np.uint8)
+    h, w = image.shape[:2]
+    scale = min(width / w, height / h)
+    size = (round(w * scale), round(h * scale))
+    resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    y, x = (height - size[1]) // 2, (width - size[0]) // 2
+    canvas[y : y + size[1], x : x + size[0]] = resized
+    return canvas
+
+
+def make_picture_clip(
+    path: Path,
+    pictures: Sequence[Path],
+    *,
+    hold: float,
+    width: int = 640,
+    height: int = 360,
+    fps: int = 5,
+) -> Path:
+    """An H.264 clip showing each picture (letterboxed) for ``hold`` seconds, a keyframe
+    every second, like a camera looking at a counter where people stop one after another.
+
+    Raises:
+        ValueError: a picture cannot be read.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(
+            "libx264",
+            rate=fps,
+            options={
+                "preset": "veryfast",
+                "tune": "zerolatency",
+                "x264-params": f"keyint={fps}:min-keyint={fps}:scenecut=0:bframes=0",
+            },
+        )
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        index = 0
+        for picture in pictures:
+            image = cv2.imread(str(picture))
+            if image is None:
+                raise ValueError(f"{picture}: cannot read the picture")
+            boxed = _letterbox(np.asarray(image, dtype=np.uint8), width, height)
+            for _ in range(max(1, round(hold * fps))):
+                frame = av.VideoFrame.from_ndarray(boxed, format="bgr24").reformat(format="yuv420p")
+                frame.pts, frame.time_base = index, Fraction(1, fps)
+                container.mux(stream.encode(frame))
+                index += 1
         container.mux(stream.encode(None))
     return path
 

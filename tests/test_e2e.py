@@ -683,9 +683,7 @@ def test_static_violation_is_still_caught_with_change_gating(
     server = rtsp_server_factory({"/kitchen": clip})
     config = write_config(tmp_path, broker, server.url("/kitchen"), model_dir)
     data = yaml.safe_load(config.read_text())
-    data["cameras"]["kitchen-1"].update(
-        {"detect_interval": 0.5, "gating": {"threshold": 2.0, "max_skip": 2}}
-    )
+    data["cameras"]["kitchen-1"].update({"detect_interval": 0.5, "gating": {"max_skip": 2}})
     data["rules"]["no_hat"]["min_duration"] = 3.0
     config.write_text(yaml.safe_dump(data, allow_unicode=True))
     collector = mqtt_collector(broker.url, f"{ROOT}/#")
