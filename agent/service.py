@@ -46,6 +46,7 @@ from agent.config import AgentConfig, CameraConfig, LoggingConfig, check_secrets
 from agent.control import Mute, RuleOverrides, apply_live, diff_config, effective_rules
 from agent.detect import Detection, Detector, load_model_package
 from agent.errors import AgentError, ConfigError, OutboxError
+from agent.evidence import Evidence
 from agent.ingest import CameraReader, CameraState, Frame, FrameRing, FrameSlot, Transition
 from agent.outbox import AlertRecord, Outage, Outbox
 from agent.picture import PictureMonitor
@@ -394,23 +395,32 @@ class Agent:
             changed = ",".join(f"{'+' if e.active else '-'}{e.condition.value}" for e in events)
             self._publish_status(frame.camera_id, reason=f"picture:{changed}")
 
-    def _store_alert(self, alert: Alert) -> None:
-        saved = None
+    def _save_evidence(self, alert: Alert, file_id: str) -> Evidence | None:
+        """Render and store the alert's evidence as ``<file_id>.jpg``; None when off or failed."""
         image, source = self._evidence_frame(alert)
-        if self.config.evidence.enabled and image is not None:
-            try:
-                saved = evidence.save(
-                    alert,
-                    image,
-                    self.config.evidence,
-                    self.evidence_dir,
-                    source,
-                    **self._drawing(alert),
-                )
-            except (OutboxError, ValueError) as exc:
-                logger.error(
-                    "camera %s: alert %s has no evidence: %s", alert.camera_id, alert.id, exc
-                )
+        if not self.config.evidence.enabled or image is None:
+            return None
+        try:
+            return evidence.save(
+                replace(alert, id=file_id),
+                image,
+                self.config.evidence,
+                self.evidence_dir,
+                source,
+                **self._drawing(alert),
+            )
+        except (OutboxError, ValueError) as exc:
+            logger.error(
+                "camera %s: alert %s (%s) has no evidence: %s",
+                alert.camera_id,
+                alert.id,
+                alert.phase,
+                exc,
+            )
+            return None
+
+    def _store_alert(self, alert: Alert) -> None:
+        saved = self._save_evidence(alert, alert.id)
         payload = contract.encode(contract.alert(self.config, alert, saved, model=self.model_id))
         attachment = (self.topics.evidence(alert.id), saved.jpeg) if saved is not None else None
         record = AlertRecord(
@@ -457,25 +467,8 @@ class Agent:
 
     def _store_alert_end(self, alert: Alert) -> None:
         """Commit an alert's end, with a better image when one came after the start."""
-        saved = None
-        if alert.frame is not None and self.config.evidence.enabled:
-            image, source = self._evidence_frame(alert)
-            try:
-                # A file of its own: the start's image stays what the start message described.
-                end_shot = replace(alert, id=f"{alert.id}-end")
-                if image is not None:
-                    saved = evidence.save(
-                        end_shot,
-                        image,
-                        self.config.evidence,
-                        self.evidence_dir,
-                        source,
-                        **self._drawing(alert),
-                    )
-            except (OutboxError, ValueError) as exc:
-                logger.error(
-                    "camera %s: end of %s has no new evidence: %s", alert.camera_id, alert.id, exc
-                )
+        # A file of its own: the start's image stays what the start message described.
+        saved = self._save_evidence(alert, f"{alert.id}-end") if alert.frame is not None else None
         payload = contract.encode(contract.alert(self.config, alert, saved, model=self.model_id))
         attachment = (self.topics.evidence(alert.id), saved.jpeg) if saved is not None else None
         topic = self.topics.alert

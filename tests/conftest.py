@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from services import (
+    AgentProcess,
     Broker,
     BrokerFactory,
     ClipFactory,
@@ -228,3 +229,12 @@ def test_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         return make_test_pki(tmp_path_factory.mktemp("pki"))
     except MissingDependencyError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def agents() -> Iterator[list[AgentProcess]]:
+    """Agent processes a test starts; any still running is killed at teardown."""
+    started: list[AgentProcess] = []
+    yield started
+    for agent in started:
+        agent.kill()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import jsonschema
 import pytest
 import yaml
 from services import (
+    AgentProcess,
     Broker,
     ClipFactory,
     CollectorFactory,
@@ -26,7 +26,7 @@ from services import (
     mqtt_publish,
 )
 from synthetic_model import build_pattern_model
-from test_e2e import ROOT, AgentProcess, magenta_after, payloads
+from test_e2e import ROOT, magenta_after, payloads, write_config
 
 from agent.commands import CommandError
 from agent.config import RuleConfig, parse_config
@@ -178,14 +178,6 @@ def test_clock_status_reads_the_kernel() -> None:
 # ---------------------------------------------------------------------- end to end
 
 
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        agent.kill()
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_pattern_model(tmp_path_factory.mktemp("model") / "pattern")
@@ -199,28 +191,14 @@ def agent_config(
     *,
     enabled: bool = True,
     keepalive: int = 30,
-    extra: str = "",
 ) -> Path:
-    """Write the agent's config (cameras by id -> URL); return its path."""
-    data: dict[str, Any] = {
-        "identity": {"city": "hz", "school_id": "s-001", "box_id": "box-01"},
-        "mqtt": {"url": broker.url, "reconnect_min": 1, "reconnect_max": 2, "keepalive": keepalive},
-        "cameras": {cid: {"url": url, "offline_after": 5} for cid, url in cameras.items()},
-        "model": {"path": str(model), "conf_threshold": 0.3},
-        "rules": {
-            "no_hat": {
-                "enabled": enabled,
-                "labels": ["head_bare"],
-                "min_duration": 1.0,
-                "end_after": 3,
-                "cooldown": 600,
-            }
-        },
-        "storage": {"state_dir": str(tmp_path / "state")},
-        "heartbeat": {"interval": 2},
-    }
-    path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump(data) + extra)
+    """test_e2e's config with these cameras (id -> URL), rule switch and keepalive."""
+    path = write_config(tmp_path, broker, next(iter(cameras.values())), model)
+    data = yaml.safe_load(path.read_text())
+    data["cameras"] = {cid: {"url": url, "offline_after": 5} for cid, url in cameras.items()}
+    data["rules"]["no_hat"]["enabled"] = enabled
+    data["mqtt"]["keepalive"] = keepalive
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
     return path
 
 

@@ -17,7 +17,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from services import (
+    AgentProcess,
     Broker,
     ClipFactory,
     CollectorFactory,
@@ -62,53 +62,6 @@ def magenta_after(first_frame: int) -> Any:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_pattern_model(tmp_path_factory.mktemp("model") / "pattern")
-
-
-class AgentProcess:
-    """``python -m agent run`` in a subprocess with its stderr captured to a file."""
-
-    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
-        self.config_path = config_path
-        self.log_path = config_path.with_suffix(".log")
-        self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> AgentProcess:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(self.config_path)],
-            cwd=REPO,
-            stdout=log,
-            stderr=log,
-            env=self.env,
-        )
-        log.close()
-        return self
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def terminate(self, timeout: float = 10.0) -> tuple[int, float]:
-        """SIGTERM; return the exit code and how long the process took to exit."""
-        assert self.proc is not None
-        t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        return code, time.monotonic() - t0
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        agent.kill()
 
 
 def write_config(
