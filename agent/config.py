@@ -293,6 +293,11 @@ class ZoneConfig(_Model):
         default=False,
         description="ignore detections here (a poster, a TV, a mirror): half a box inside is out",
     )
+    food: bool = Field(
+        default=False,
+        description="a food zone: its state (covered, uncovered, empty) is classified against "
+        "references the installer recorded with 'mclz-agent food calibrate'",
+    )
 
     @field_validator("polygon")
     @classmethod
@@ -567,7 +572,10 @@ class RuleConfig(_Model):
     )
     zones: tuple[str, ...] = Field(
         default=(),
-        description="only in these zones (ids of the camera's zones); empty: the whole picture",
+        description=(
+            "only in these zones (ids of the camera's zones; '@food': all its food zones);"
+            " empty: the whole picture"
+        ),
     )
     zone_anchor: Literal["bottom_center", "overlap"] = Field(
         default="bottom_center",
@@ -605,10 +613,25 @@ class RuleConfig(_Model):
         return value
 
 
+FOOD_ZONES = "@food"  # in a rule's zones: every food zone (food: true) of the camera
+
+
 def _default_rules() -> dict[str, RuleConfig]:
     return {
         "no_hat": RuleConfig(labels=("head_bare",)),
         "no_mask": RuleConfig(labels=("face_no_mask",)),
+        # Food is uncovered for a moment whenever a dish is served or refilled: minutes, not
+        # seconds, before it is a violation; a person reaching over the tray (unknown) for
+        # up to a minute does not end the episode.
+        "food_uncovered": RuleConfig(
+            labels=("food_uncovered",),
+            min_duration=300.0,
+            end_after=60.0,
+            cooldown=1800.0,
+            zones=(FOOD_ZONES,),
+            zone_anchor="overlap",
+            min_overlap=0.4,
+        ),
     }
 
 
@@ -688,6 +711,34 @@ class CaptureConfig(_Model):
     )
 
 
+class FoodConfig(_Model):
+    """Food zones (防尘防蝇): each zone's state classified against the installer's references."""
+
+    check_interval: Duration = Field(
+        default=5.0, ge=0.5, le=3600, description="seconds between two checks of a food zone"
+    )
+    unknown_distance: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="farther than this times the references' own state-to-state distance from "
+        "every reference: unknown (something covers the zone, or the scene changed)",
+    )
+    occlusion_overlap: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="a person, face or head detection over more than this share of a food zone: "
+        "unknown (the zone cannot be seen)",
+    )
+    references_per_state: int = Field(
+        default=50,
+        ge=1,
+        le=1000,
+        description="references kept per camera, zone and state; the oldest go first",
+    )
+
+
 class HeartbeatConfig(_Model):
     """Periodic health report."""
 
@@ -727,6 +778,9 @@ class AgentConfig(_Model):
     capture: CaptureConfig = Field(
         default_factory=CaptureConfig, description="frames kept for labelling (off by default)"
     )
+    food: FoodConfig = Field(
+        default_factory=FoodConfig, description="food zones: covered/uncovered/empty (issue #7)"
+    )
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig, description="heartbeat")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="logging")
 
@@ -748,6 +802,8 @@ class AgentConfig(_Model):
                     (("rules", name, "schedule"), f"unknown schedule {rule.schedule!r} ({known})")
                 )
             for zone in rule.zones:
+                if zone == FOOD_ZONES:
+                    continue
                 if not any(zone in cam.zones for cam in self.cameras.values()):
                     problems.append((("rules", name, "zones"), f"no camera has a zone {zone!r}"))
         for camera_id, camera in self.cameras.items():
@@ -762,7 +818,7 @@ class AgentConfig(_Model):
                         ((*where, "schedule"), f"unknown schedule {own.schedule!r} ({known})")
                     )
                 for zone in own.zones or ():
-                    if zone not in camera.zones:
+                    if zone != FOOD_ZONES and zone not in camera.zones:
                         zones = ", ".join(sorted(camera.zones)) or "none defined"
                         problems.append(
                             ((*where, "zones"), f"camera has no zone {zone!r} ({zones})")

@@ -144,6 +144,25 @@ def _m009_alert_lifecycle(db: sqlite_utils.Database) -> None:
         db.execute(f"ALTER TABLE alerts ADD COLUMN {column}")
 
 
+def _m010_food_refs(db: sqlite_utils.Database) -> None:
+    # What each food zone looks like covered, uncovered, empty (issue #7): one row per
+    # reference image, its features beside it so the agent need not reread the image.
+    # AUTOINCREMENT: an id is never reused, so (count, max id) changes on every change.
+    db.execute(
+        """CREATE TABLE food_refs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            camera TEXT NOT NULL,
+            zone TEXT NOT NULL,
+            state TEXT NOT NULL,
+            captured_at REAL NOT NULL,
+            path TEXT NOT NULL,
+            features BLOB NOT NULL,
+            feature_kind TEXT NOT NULL
+        )"""
+    )
+    db.table("food_refs").create_index(["camera", "zone", "state"], index_name="food_refs_zone")
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("001_outbox", _m001_outbox),
     ("002_alerts", _m002_alerts),
@@ -154,6 +173,7 @@ MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("007_alert_payloads", _m007_alert_payloads),
     ("008_settings", _m008_settings),
     ("009_alert_lifecycle", _m009_alert_lifecycle),
+    ("010_food_refs", _m010_food_refs),
 )
 
 
@@ -187,6 +207,20 @@ class AlertRecord:
     detections: list[dict[str, Any]]
     evidence_path: str | None
     zone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FoodRef:
+    """One reference of a food zone: an image of the zone in a known state, and its features."""
+
+    id: int
+    camera: str
+    zone: str
+    state: str
+    captured_at: float
+    path: str
+    features: bytes
+    feature_kind: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,29 +447,15 @@ class Outbox:
                     alert.zone,
                 ),
             )
-            self._insert(
+            self._insert_alert(
                 conn,
                 topic,
                 payload,
-                kind="alert",
-                qos=1,
-                retain=False,
                 msg_id=alert.id,
+                evidence=evidence,
+                evidence_id=f"{alert.id}:evidence",
                 now=now,
-                ttl=self.ttl,
             )
-            if evidence is not None:
-                self._insert(
-                    conn,
-                    evidence[0],
-                    evidence[1],
-                    kind="evidence",
-                    qos=1,
-                    retain=False,
-                    msg_id=f"{alert.id}:evidence",
-                    now=now,
-                    ttl=self.ttl,
-                )
 
     def record_alert_end(
         self,
@@ -469,29 +489,51 @@ class Outbox:
                     alert_id,
                 ),
             )
-            self._insert(
+            self._insert_alert(
                 conn,
                 topic,
                 payload,
-                kind="alert",
+                msg_id=f"{alert_id}:end",
+                evidence=evidence,
+                evidence_id=f"{alert_id}:evidence:end",
+                now=now,
+            )
+
+    def _insert_alert(
+        self,
+        conn: sqlite3.Connection,
+        topic: str,
+        payload: bytes,
+        *,
+        msg_id: str,
+        evidence: tuple[str, bytes] | None,
+        evidence_id: str,
+        now: float,
+    ) -> None:
+        """Queue an alert message and, after it, its image (inside the caller's transaction)."""
+        self._insert(
+            conn,
+            topic,
+            payload,
+            kind="alert",
+            qos=1,
+            retain=False,
+            msg_id=msg_id,
+            now=now,
+            ttl=self.ttl,
+        )
+        if evidence is not None:
+            self._insert(
+                conn,
+                evidence[0],
+                evidence[1],
+                kind="evidence",
                 qos=1,
                 retain=False,
-                msg_id=f"{alert_id}:end",
+                msg_id=evidence_id,
                 now=now,
                 ttl=self.ttl,
             )
-            if evidence is not None:
-                self._insert(
-                    conn,
-                    evidence[0],
-                    evidence[1],
-                    kind="evidence",
-                    qos=1,
-                    retain=False,
-                    msg_id=f"{alert_id}:evidence:end",
-                    now=now,
-                    ttl=self.ttl,
-                )
 
     def bump(self, name: str, by: int = 1) -> None:
         """Add ``by`` to a persistent counter (survives restarts; reported in heartbeats)."""
@@ -848,6 +890,85 @@ class Outbox:
         with self._lock:
             rows = self._conn.execute(sql + " ORDER BY since DESC LIMIT ?", (*args, limit))
             return [Outage(*row) for row in rows.fetchall()]
+
+    # ------------------------------------------------------------------ food references
+
+    def add_food_ref(
+        self,
+        ref: FoodRef,
+        *,
+        keep: int | None = None,
+    ) -> tuple[int, list[str]]:
+        """Store a food-zone reference (its ``id`` is ignored) and return its new id.
+
+        With ``keep``, only the newest ``keep`` references of the same camera, zone and
+        state stay; the image paths of those dropped are returned for the caller to delete.
+
+        Raises:
+            OutboxError: the write failed.
+        """
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO food_refs (camera, zone, state, captured_at, path, features,"
+                " feature_kind) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ref.camera,
+                    ref.zone,
+                    ref.state,
+                    ref.captured_at,
+                    ref.path,
+                    ref.features,
+                    ref.feature_kind,
+                ),
+            )
+            new_id = int(cursor.lastrowid or 0)
+            dropped: list[str] = []
+            if keep is not None:
+                rows = conn.execute(
+                    "SELECT id, path FROM food_refs WHERE camera = ? AND zone = ? AND state = ?"
+                    " ORDER BY captured_at DESC, id DESC LIMIT -1 OFFSET ?",
+                    (ref.camera, ref.zone, ref.state, keep),
+                ).fetchall()
+                conn.executemany("DELETE FROM food_refs WHERE id = ?", [(r[0],) for r in rows])
+                dropped = [r[1] for r in rows]
+        return new_id, dropped
+
+    def food_refs(self, camera: str, zone: str | None = None) -> list[FoodRef]:
+        """The references of a camera (or one of its zones), oldest first."""
+        sql = (
+            "SELECT id, camera, zone, state, captured_at, path, features, feature_kind"
+            " FROM food_refs WHERE camera = ?"
+        )
+        args: tuple[Any, ...] = (camera,)
+        if zone is not None:
+            sql += " AND zone = ?"
+            args = (camera, zone)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY captured_at, id", args).fetchall()
+        return [FoodRef(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), r[7]) for r in rows]
+
+    def delete_food_refs(self, camera: str, zone: str, state: str | None = None) -> list[str]:
+        """Remove a zone's references (of one state, or all); return their image paths.
+
+        Raises:
+            OutboxError: the write failed.
+        """
+        where = "camera = ? AND zone = ?" + (" AND state = ?" if state is not None else "")
+        args: tuple[Any, ...] = (camera, zone) if state is None else (camera, zone, state)
+        with self._transaction() as conn:
+            rows = conn.execute(
+                f"SELECT path FROM food_refs WHERE {where}",  # noqa: S608 - fixed clauses
+                args,
+            ).fetchall()
+            conn.execute(f"DELETE FROM food_refs WHERE {where}", args)  # noqa: S608
+        return [r[0] for r in rows]
+
+    def food_refs_version(self) -> tuple[int, int]:
+        """A value that changes whenever references are added or deleted: (count, max id)."""
+        with self._lock:
+            row = self._conn.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM food_refs")
+            count, top = row.fetchone()
+        return int(count), int(top)
 
     # ------------------------------------------------------------------ camera health
 

@@ -36,7 +36,7 @@ from typing import Literal
 
 import numpy as np
 
-from agent.config import CameraConfig, RuleConfig, ScheduleWindow
+from agent.config import FOOD_ZONES, CameraConfig, RuleConfig, ScheduleWindow
 from agent.detect import Detection
 from agent.zones import Point, box_in_zone, excluded
 
@@ -192,9 +192,18 @@ class RuleEngine:
                 if not rule.zones:
                     target = _Target(rule, ((None, ()),))
                 elif camera is not None:
+                    wanted = [
+                        zid
+                        for name in rule.zones
+                        for zid in (
+                            [z for z, zone in camera.zones.items() if zone.food]
+                            if name == FOOD_ZONES
+                            else [name]
+                        )
+                    ]
                     zones = tuple(
                         (zid, camera.zones[zid].polygon)
-                        for zid in rule.zones
+                        for zid in dict.fromkeys(wanted)
                         if zid in camera.zones and not camera.zones[zid].exclude
                     )
                     target = _Target(rule, zones) if zones else None

@@ -47,6 +47,7 @@ from agent.control import Mute, RuleOverrides, apply_live, diff_config, effectiv
 from agent.detect import Detection, Detector, load_model_package
 from agent.errors import AgentError, ConfigError, OutboxError
 from agent.evidence import Evidence
+from agent.food import FoodMonitor
 from agent.ingest import CameraReader, CameraState, Frame, FrameRing, FrameSlot, Transition
 from agent.outbox import AlertRecord, Outage, Outbox
 from agent.picture import PictureMonitor
@@ -63,6 +64,7 @@ STATUS_TTL = 7 * 86400.0
 EXPIRE_EVERY = 60.0  # TTL expiry and the size cap
 WATCHDOG_STALE = 30.0  # the detect loop must have turned within this many seconds
 MAX_UNSTORED_ALERTS = 1000
+OCCLUDER_LABELS = ("person", "face", "head")  # detections that hide a food zone
 MAIN_EVIDENCE_WITHIN = 1.0  # seconds between the detection and a usable main-stream keyframe
 
 
@@ -135,14 +137,8 @@ class Agent:
         self.detector = _load_detector(config)
         package = self.detector.package
         self.model_id = f"{package.name}@{package.version}"
-        thresholds = dict(package.thresholds)  # what counts for the rules, per label
-        for rule in config.rules.values():
-            if rule.min_confidence is not None:
-                for label in rule.labels:
-                    thresholds[label] = rule.min_confidence
-        self.capture = Capture(
-            config.capture, package.labels, thresholds, capture_directory(config)
-        )
+        self.capture = _open_capture(config, self.detector)
+        self.food = FoodMonitor(config, self.outbox, config.storage.state_dir)
         self.overrides = RuleOverrides(self.outbox)
         self.mute = Mute(self.outbox)
         self.rules = RuleEngine(
@@ -352,6 +348,8 @@ class Agent:
         for frame in frames:
             # A skipped frame looks like the last analysed one: its detections stand.
             detections = self._detections.get(frame.camera_id, [])
+            if self.food.has_zones(frame.camera_id):
+                detections = [*detections, *self._food_detections(frame, detections)]
             self._check_picture(frame)
             if id(frame) in analysed:  # only frames the model looked at become labelling data
                 self.capture.offer(frame.camera_id, frame.image, detections, frame.wall)
@@ -365,6 +363,36 @@ class Agent:
         scale = self.governor.record(time.perf_counter() - started)
         for reader in self.readers.values():
             reader.interval_scale = scale
+
+    def _food_detections(self, frame: Frame, detections: list[Detection]) -> list[Detection]:
+        """Classify the camera's food zones when due; an uncovered zone is a detection.
+
+        The zone's latest state stands between checks (every ``food.check_interval``): an
+        ``uncovered`` zone gives a ``food_uncovered`` detection on every frame until a check
+        says otherwise; ``unknown`` (a person over the tray, a large change from every
+        reference) gives none, so it neither raises nor, within ``end_after``, ends an alert.
+        """
+        occluders = [d.box for d in detections if d.label.startswith(OCCLUDER_LABELS)]
+        try:
+            self.food.check(frame.camera_id, frame.image, frame.mono, occluders)
+        except OutboxError as exc:
+            logger.error("camera %s: food references unreadable: %s", frame.camera_id, exc)
+        found = []
+        zones = self.food.zones.get(frame.camera_id, {})
+        for zone_id, state in self.food.latest(frame.camera_id).items():
+            if state.state != "uncovered" or zone_id not in zones:
+                continue
+            xs = [x for x, _ in zones[zone_id]]
+            ys = [y for _, y in zones[zone_id]]
+            found.append(
+                Detection(
+                    label="food_uncovered",
+                    class_id=-1,
+                    confidence=round(0.5 + 0.5 * state.margin, 4),
+                    box=(min(xs), min(ys), max(xs), max(ys)),
+                )
+            )
+        return found
 
     def _evidence_frame(self, alert: Alert) -> tuple[np.ndarray | None, str]:
         """The main stream's keyframe taken within a second of the detection, else the sub frame."""
@@ -678,6 +706,12 @@ class Agent:
             gate = self.gates.get(cid)
             if gate is not None:
                 snap["gating"] = gate.snapshot()
+            food = self.food.latest(cid)
+            if food:
+                snap["food"] = {
+                    zone: {"state": st.state, "margin": round(st.margin, 3)}
+                    for zone, st in sorted(food.items())
+                }
             main = mains.get(cid)
             if main is not None:
                 main_snap = main.snapshot()
@@ -800,6 +834,8 @@ class Agent:
                 self._clear_status(cid)
             for reader in self._add_cameras({cid: enabled[cid] for cid in added + restarted}):
                 reader.start()
+            if "cameras" in change.live or "food" in change.restart_required:
+                self.food = FoodMonitor(self.config, self.outbox, self.config.storage.state_dir)
         result = {
             "source": source,
             "changed": change.live + change.restart_required,
@@ -938,6 +974,17 @@ def _open_store(config: AgentConfig, started: float) -> Outbox:
     if outbox.recovered_from is not None:
         logger.error("started a fresh database; the corrupt one is at %s", outbox.recovered_from)
     return outbox
+
+
+def _open_capture(config: AgentConfig, detector: Detector) -> Capture:
+    """The labelling capture, told which confidence counts for the rules, per label."""
+    package = detector.package
+    thresholds = dict(package.thresholds)
+    for rule in config.rules.values():
+        if rule.min_confidence is not None:
+            for label in rule.labels:
+                thresholds[label] = rule.min_confidence
+    return Capture(config.capture, package.labels, thresholds, capture_directory(config))
 
 
 def _load_detector(config: AgentConfig) -> Detector:

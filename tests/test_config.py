@@ -41,7 +41,8 @@ def test_minimal_config_gets_every_default() -> None:
     assert cfg.mqtt.url == "mqtt://127.0.0.1:1883"
     assert cfg.mqtt.protocol == "5"
     assert cfg.cameras == {}
-    assert set(cfg.rules) == {"no_hat", "no_mask"}
+    assert set(cfg.rules) == {"no_hat", "no_mask", "food_uncovered"}
+    assert cfg.rules["food_uncovered"].min_duration == 300.0  # serving uncovers for a moment
     assert cfg.heartbeat.interval == 60.0
     assert cfg.client_id == "hangzhou-s-001-box-01"
     assert cfg.topic_root == "mclz/hangzhou/s-001/box-01"
