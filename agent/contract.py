@@ -229,6 +229,7 @@ def heartbeat(
     clock: dict[str, Any],
     control: dict[str, Any],
     capture: dict[str, Any],
+    alarm: dict[str, Any],
 ) -> dict[str, Any]:
     """Payload of ``heartbeat``: what the platform needs to judge this box's health."""
     online = sum(1 for c in cameras.values() if c.get("state") == "online")
@@ -246,6 +247,7 @@ def heartbeat(
         "clock": clock,
         "control": control,
         "capture": capture,
+        "alarm": alarm,
         "detector": detector,
         "uplink": uplink,
         "outbox": outbox,

@@ -141,7 +141,16 @@ class Mute:
 
     def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox
-        stored = outbox.settings(MUTE_KEY).get(MUTE_KEY)
+        self._until = 0.0
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the stored mute (one small SELECT), e.g. set by ``mclz-agent alarm mute``.
+
+        Raises:
+            OutboxError: the database cannot be read.
+        """
+        stored = self.outbox.settings(MUTE_KEY).get(MUTE_KEY)
         self._until = float(stored) if isinstance(stored, int | float) else 0.0
 
     @property

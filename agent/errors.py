@@ -41,3 +41,7 @@ class OutboxError(AgentError):
 
 class UplinkError(AgentError):
     """The MQTT uplink is misconfigured (bad URL, unreadable TLS material)."""
+
+
+class SounderError(AgentError):
+    """The on-site alarm's sounder could not play a sound (device, speaker or program failed)."""

@@ -163,6 +163,24 @@ def _m010_food_refs(db: sqlite_utils.Database) -> None:
     db.table("food_refs").create_index(["camera", "zone", "state"], index_name="food_refs_zone")
 
 
+def _m011_alarms(db: sqlite_utils.Database) -> None:
+    # The on-site alarm's decisions (issue #8): played, suppressed (and why) or failed.
+    db.execute(
+        """CREATE TABLE alarms (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL,
+            alert_id TEXT NOT NULL,
+            camera TEXT NOT NULL,
+            type TEXT NOT NULL,
+            decision TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            sounder TEXT NOT NULL,
+            duration_ms INTEGER
+        )"""
+    )
+    db.table("alarms").create_index(["ts"], index_name="alarms_ts")
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("001_outbox", _m001_outbox),
     ("002_alerts", _m002_alerts),
@@ -174,6 +192,7 @@ MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("008_settings", _m008_settings),
     ("009_alert_lifecycle", _m009_alert_lifecycle),
     ("010_food_refs", _m010_food_refs),
+    ("011_alarms", _m011_alarms),
 )
 
 
@@ -221,6 +240,20 @@ class FoodRef:
     path: str
     features: bytes
     feature_kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRecord:
+    """One decision of the on-site alarm (table ``alarms``)."""
+
+    ts: float  # wall clock of the decision (of the end of the play for played/failed)
+    alert_id: str
+    camera: str
+    type: str
+    decision: str  # played, suppressed, failed
+    reason: str  # suppressed/failed: cooldown, quiet_hours, hourly_cap, muted, queue_full, ...
+    sounder: str  # none, alsa, http, command, file
+    duration_ms: int | None = None  # played/failed: how long the play took
 
 
 @dataclass(frozen=True, slots=True)
@@ -842,6 +875,40 @@ class Outbox:
                 (len(prefix), prefix),
             ).fetchall()
         return {key: json.loads(value) for key, value in rows}
+
+    # ------------------------------------------------------------------ alarms
+
+    def record_alarm(self, record: AlarmRecord) -> None:
+        """Store one decision of the on-site alarm.
+
+        Raises:
+            OutboxError: the row cannot be written.
+        """
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO alarms (ts, alert_id, camera, type, decision, reason, sounder,"
+                " duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.ts,
+                    record.alert_id,
+                    record.camera,
+                    record.type,
+                    record.decision,
+                    record.reason,
+                    record.sounder,
+                    record.duration_ms,
+                ),
+            )
+
+    def alarms(self, limit: int = 100, since: float | None = None) -> list[AlarmRecord]:
+        """The alarm's decisions, newest first (only those at or after ``since`` when given)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT ts, alert_id, camera, type, decision, reason, sounder, duration_ms"
+                " FROM alarms WHERE ts >= ? ORDER BY ts DESC, id DESC LIMIT ?",
+                (float("-inf") if since is None else since, limit),
+            ).fetchall()
+        return [AlarmRecord(*row) for row in rows]
 
     # ------------------------------------------------------------------ camera outages
 

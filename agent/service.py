@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from agent import __version__, contract, evidence
+from agent.alarm import Alarm
 from agent.capture import Capture, capture_directory
 from agent.commands import CommandError, Commands, Handler
 from agent.config import AgentConfig, CameraConfig, LoggingConfig, check_secrets, load_config
@@ -141,6 +142,7 @@ class Agent:
         self.food = FoodMonitor(config, self.outbox, config.storage.state_dir)
         self.overrides = RuleOverrides(self.outbox)
         self.mute = Mute(self.outbox)
+        self.alarm = Alarm(config.alarm, self.outbox, self.mute, tz=config.identity.tz)
         self.rules = RuleEngine(
             effective_rules(config.rules, self.overrides.load()),
             package.thresholds,
@@ -253,6 +255,7 @@ class Agent:
             self.model_id,
         )
         self.uplink.start()
+        self.alarm.start()
         for reader in (*self.readers.values(), *self.main_readers.values()):
             reader.start()
         self._detect_thread.start()
@@ -298,6 +301,7 @@ class Agent:
         for event in self.rules.close_all():  # running alerts end with reason agent_stop
             self._store_alert_end(event)
         self._retry_unstored()
+        self.alarm.stop(0.5)
         self.uplink.stop(drain_timeout=1.5)
         for reader in (*self.readers.values(), *self.main_readers.values()):
             reader.join(timeout=0.05)
@@ -468,6 +472,8 @@ class Agent:
         )
         self.alerts_by_type[alert.type] = self.alerts_by_type.get(alert.type, 0) + 1
         topic = self.topics.alert
+        # The kitchen hears it at once, whether or not the disk took the alert yet.
+        self.alarm.on_alert(alert)
         if self._commit(
             alert, lambda: self.outbox.record_alert(record, topic, payload, attachment)
         ):
@@ -743,6 +749,7 @@ class Agent:
             },
             "uplink": self.uplink.snapshot(),
             "capture": self.capture.stats(),
+            "alarm": self.alarm.stats(),
             "outbox": {"backlog": self.outbox.backlog(), "counters": self.outbox.counters()},
             "alerts": {
                 **self.rules.stats(),
@@ -770,6 +777,7 @@ class Agent:
             clock=h["clock"],
             control=h["control"],
             capture=h["capture"],
+            alarm=h["alarm"],
         )
         try:
             self.outbox.enqueue(

@@ -121,6 +121,7 @@ def write_config(
     else:
         data["cameras"]["counter-1"]["url"] = counter_url
     data["storage"]["state_dir"] = str(output / "state")
+    data["alarm"]["sounder"]["directory"] = str(output / "alarms")  # what the kitchen hears
     data["model"]["path"] = str(model if model is not None else REPO / "models" / "default")
     path = output / "agent.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
@@ -267,6 +268,10 @@ def summarize(
         print("  (none: the model saw no violation that lasted min_duration in this run)")
     elif not alerts:
         print("  (none: the agent did not run normally; see its log)")
+    sounds = sorted((output / "alarms").glob("*.wav"))
+    print(f"\n== on-site alarms (beep + Mandarin prompt, as WAV files): {len(sounds)}")
+    for sound in sounds[:5]:
+        print(f"  {sound}")
     print(f"\n== agent exit code {exit_code}, shutdown took {shutdown_s:.1f} s")
     if rusage is not None:
         cpu = rusage.ru_utime + rusage.ru_stime
