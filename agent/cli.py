@@ -11,6 +11,7 @@ Library errors become one clear message and an exit code here, and only here:
 5     the uplink cannot be configured (TLS material, secrets)
 6     a camera stream cannot be used
 7     the alarm's sounder failed to play (``alarm test``)
+8     one or more checks failed (``check``)
 ====  ==========================================================
 """
 
@@ -57,6 +58,7 @@ EXIT_CODES: tuple[tuple[type[AgentError], int], ...] = (
     (StreamError, 6),
     (SounderError, 7),
 )
+CHECK_FAILED = 8  # ``check``: a FAIL line is a verdict, not an error, so no exception maps here
 
 app = typer.Typer(
     name="mclz-agent",
@@ -1024,6 +1026,108 @@ def alarm_log(
         typer.echo(
             f"{when}  {r.camera:<14} {r.type:<15} {r.decision:<10} {r.reason:<14} "
             f"{r.sounder:<8} {took}  {r.alert_id}"
+        )
+
+
+@app.command()
+def check(
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    skip_cameras: Annotated[
+        bool, typer.Option("--skip-cameras", help="Do not open the cameras.")
+    ] = False,
+    min_free_mb: Annotated[
+        float | None,
+        typer.Option(
+            "--min-free-mb",
+            min=0,
+            help="Free space the state directory needs (default: 1 GiB or 5 %, the smaller).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Check that this box is ready: config, clock, disk, database, broker, cameras, model.
+
+    Also the alarm's sounder and the systemd unit. One line per check: ok, warn or FAIL
+    with a short detail. Exit code 0 when nothing FAILs, 8 otherwise.
+
+    Example: mclz-agent check --config /etc/mclz-agent/agent.yaml
+    """
+    from agent.doctor import FAIL, run_checks  # noqa: PLC0415
+
+    checks = run_checks(config, min_free_mb=min_free_mb, skip_cameras=skip_cameras)
+    if as_json:
+        typer.echo(json.dumps([c.to_dict() for c in checks], ensure_ascii=False, indent=2))
+    else:
+        width = max(len(c.name) for c in checks)
+        for c in checks:
+            typer.echo(f"{c.verdict:<5} {c.name:<{width}}  {c.detail}")
+    failed = [c.name for c in checks if c.verdict == FAIL]
+    if failed:
+        if not as_json:
+            typer.echo(f"{len(failed)} check(s) failed: {', '.join(failed)}", err=True)
+        raise typer.Exit(CHECK_FAILED)
+
+
+@app.command()
+def status(
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What the agent is doing, read from its database without disturbing it.
+
+    Works while the agent runs and after it stopped: whether it is alive (from how fresh
+    its saved state is), cameras, the outbox backlog, the last 5 alerts and camera errors.
+    Exit code 4 when there is no database yet.
+
+    Example: mclz-agent status --config /etc/mclz-agent/agent.yaml
+    """
+    import time  # noqa: PLC0415
+
+    from agent.doctor import ago, read_status  # noqa: PLC0415
+
+    try:
+        cfg = load_config(config)
+        state = read_status(cfg)
+    except AgentError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps(state, ensure_ascii=False, indent=2))
+        return
+    now = time.time()
+
+    def when(ts: float | None) -> str:
+        return time.strftime("%m-%d %H:%M:%S", time.localtime(ts)) if ts is not None else "-"
+
+    typer.echo(f"agent     {state['summary']}")
+    uptime = state["uptime_s"]
+    typer.echo(f"uptime    {ago(uptime) if uptime is not None else 'unknown'}")
+    typer.echo(f"database  {state['database']}")
+    typer.echo("cameras" if state["cameras"] else "cameras   (no saved health yet)")
+    for cid, cam in state["cameras"].items():
+        fps = f"{cam['fps']:.1f} fps" if cam["fps"] is not None else "- fps"
+        typer.echo(
+            f"  {cid:<16} {cam['state']:<9} {fps:>9}  since {when(cam['since'])}"
+            f" ({ago(now - cam['since'])})"
+        )
+        if cam["last_error"]:
+            typer.echo(f"  {'':<16} last error ({cam['last_error_class']}): {cam['last_error']}")
+    backlog = state["backlog"]
+    typer.echo(
+        "outbox    "
+        + (
+            ", ".join(
+                f"{kind} {b['messages']} (oldest {ago(b['oldest_age_s'])})"
+                for kind, b in backlog.items()
+            )
+            or "empty"
+        )
+    )
+    typer.echo("alerts" if state["alerts"] else "alerts    (none yet)")
+    for a in state["alerts"]:
+        typer.echo(
+            f"  {a['type']:<15} {a['camera']:<14} {a['zone'] or '-':<12}"
+            f" started {when(a['started'])}  ended {when(a['ended'])}"
         )
 
 

@@ -1,0 +1,512 @@
+"""Installer diagnostics: ``check`` (is this box ready?) and ``status`` (what is the agent doing?).
+
+Each check is a function that returns a :class:`Check` (name, verdict, short detail) and never
+raises: a check that cannot run says so in its detail. ``status`` reads the agent's SQLite
+state through a read-only connection, so it neither blocks nor changes a running agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import shutil
+import sqlite3
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from agent.config import AgentConfig, check_secrets, load_config
+from agent.errors import AgentError, ConfigError, OutboxError
+from agent.redact import redact_text
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Verdict = Literal["ok", "warn", "FAIL"]
+OK: Verdict = "ok"
+WARN: Verdict = "warn"
+FAIL: Verdict = "FAIL"
+
+MIN_YEAR = 2025
+DEFAULT_MIN_FREE_BYTES = 1024**3  # 1 GiB ...
+DEFAULT_MIN_FREE_SHARE = 0.05  # ... or 5 % of the filesystem, whichever is smaller
+DB_NAME = "agent.db"
+UNIT = "mclz-agent"
+# MQTT CONNACK reason codes meaning "who you are is not accepted" (v5 134/135, v3.1.1 4/5).
+_AUTH_CODES = {134, 135, 4, 5}
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of ``mclz-agent check``: what was checked, the verdict and why."""
+
+    name: str
+    verdict: Verdict
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        """The check as plain data (for ``--json``)."""
+        return asdict(self)
+
+
+def ago(seconds: float) -> str:
+    """``42 s``, ``5 min``, ``3 h``, ``2 d``: a human-sized duration."""
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_config(path: Path) -> tuple[Check, AgentConfig | None]:
+    """Parse the config file and resolve every secret it names."""
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        return Check("config", FAIL, "; ".join(exc.problems) or str(exc)), None
+    problems = check_secrets(cfg)
+    if problems:
+        return Check("config", FAIL, "; ".join(problems)), cfg
+    enabled = sum(1 for cam in cfg.cameras.values() if cam.enabled)
+    return Check("config", OK, f"{path}: valid, {enabled} enabled camera(s)"), cfg
+
+
+def check_clock(now: float | None = None) -> Check:
+    """The wall clock: a plausible year and, where the kernel says, NTP-synchronised."""
+    from agent.telemetry import clock_status  # noqa: PLC0415
+
+    now = time.time() if now is None else now
+    year = time.gmtime(now).tm_year
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+    if year < MIN_YEAR:
+        return Check("clock", FAIL, f"{stamp} is before {MIN_YEAR}: the clock was never set")
+    status = clock_status()
+    synced = status.get("synchronized")
+    if synced is None:
+        return Check("clock", WARN, f"{stamp}; synchronisation unknown (adjtimex unavailable)")
+    if not synced:
+        return Check("clock", WARN, f"{stamp}; not NTP-synchronised (check chrony/timesyncd)")
+    return Check("clock", OK, f"{stamp}; NTP-synchronised (est. error {status['est_error_s']} s)")
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing parent (the state directory may not exist yet)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_disk(state_dir: Path, min_free_mb: float | None = None) -> Check:
+    """Free space on the state directory's filesystem against a threshold.
+
+    The default threshold is 1 GiB or 5 % of the filesystem, whichever is smaller (a 16 GB
+    eMMC box need not keep a whole GiB free); ``min_free_mb`` replaces it. Under twice the
+    threshold: warn.
+    """
+    where = _existing(state_dir)
+    try:
+        usage = shutil.disk_usage(where)
+    except OSError as exc:
+        return Check("disk", FAIL, f"{where}: cannot stat the filesystem: {exc.strerror}")
+    if min_free_mb is not None:
+        need = min_free_mb * 1024 * 1024
+    else:
+        need = min(DEFAULT_MIN_FREE_BYTES, DEFAULT_MIN_FREE_SHARE * usage.total)
+    mb = 1024 * 1024
+    detail = (
+        f"{where}: {usage.free / mb:.0f} MB free of {usage.total / mb:.0f} MB "
+        f"({100 * usage.free / max(1, usage.total):.0f} %), need {need / mb:.0f} MB"
+    )
+    if usage.free < need:
+        return Check("disk", FAIL, detail)
+    if usage.free < 2 * need:
+        return Check("disk", WARN, detail)
+    return Check("disk", OK, detail)
+
+
+def connect_ro(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the agent's database that never creates it.
+
+    Raises:
+        OutboxError: the file is missing or SQLite cannot open it.
+    """
+    if not path.is_file():
+        raise OutboxError(f"{path}: no database yet (the agent has not run with this config)")
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+    except sqlite3.Error as exc:
+        raise OutboxError(f"{path}: cannot open the database read-only: {exc}") from exc
+    return conn
+
+
+def check_database(state_dir: Path) -> Check:
+    """The agent's database opens read-only and passes SQLite's full integrity check."""
+    path = state_dir / DB_NAME
+    if not path.exists():
+        return Check("database", WARN, f"{path}: no database yet (created on the first run)")
+    try:
+        conn = connect_ro(path)
+    except OutboxError as exc:
+        return Check("database", FAIL, str(exc))
+    try:
+        rows = conn.execute("PRAGMA integrity_check").fetchall()
+    except sqlite3.Error as exc:
+        return Check("database", FAIL, f"{path}: integrity check failed: {exc}")
+    finally:
+        conn.close()
+    if [r[0] for r in rows] != ["ok"]:
+        return Check("database", FAIL, f"{path}: corrupt: {'; '.join(str(r[0]) for r in rows[:3])}")
+    return Check("database", OK, f"{path}: integrity ok ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def _probe_client(cfg: AgentConfig, timeout: float) -> Any:
+    """A paho client set up as the agent's (TLS, user, password) under its own client id.
+
+    Raises:
+        ConfigError: the password cannot be read.
+        OSError, ssl.SSLError: the TLS material cannot be loaded.
+    """
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    m = cfg.mqtt
+    v5 = m.protocol == "5"
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"{cfg.client_id}-check"[:128],
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        clean_session=None if v5 else True,
+    )
+    client.connect_timeout = timeout
+    if m.username:
+        password = m.password.resolve("mqtt.password") if m.password is not None else None
+        client.username_pw_set(m.username, password)
+    if m.use_tls:
+        client.tls_set(
+            ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
+            certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
+            keyfile=str(m.tls.key_file) if m.tls.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+        client.tls_insecure_set(m.tls.insecure)
+    return client
+
+
+def check_broker(cfg: AgentConfig, timeout: float = 5.0) -> Check:  # noqa: PLR0911 - verdicts
+    """Connect to the broker as the agent would (TLS, user, password) and wait for CONNACK.
+
+    A separate client id (``<client id>-check``) keeps a running agent's session intact.
+    """
+    m = cfg.mqtt
+    where = f"{m.host}:{m.port}"
+    try:
+        client = _probe_client(cfg, timeout)
+    except ConfigError as exc:
+        return Check("broker", FAIL, str(exc))
+    except (OSError, ssl.SSLError) as exc:
+        return Check("broker", FAIL, f"{where}: cannot load TLS material: {exc}")
+
+    answer: list[Any] = []
+    done = threading.Event()
+
+    def on_connect(*args: Any) -> None:
+        answer.append(args[3])  # (client, userdata, flags, reason_code, properties)
+        done.set()
+
+    client.on_connect = on_connect
+    started = time.monotonic()
+    try:
+        client.connect(m.host, m.port, keepalive=max(10, round(timeout * 2)))
+    except ssl.SSLError as exc:
+        return Check("broker", FAIL, f"{where}: TLS error: {exc}")
+    except ConnectionRefusedError:
+        return Check("broker", FAIL, f"{where}: connection refused (broker down or wrong port)")
+    except TimeoutError:
+        return Check("broker", FAIL, f"{where}: timeout: no TCP answer within {timeout:g} s")
+    except OSError as exc:
+        return Check("broker", FAIL, f"{where}: cannot connect: {exc.strerror or exc}")
+    try:
+        deadline = started + timeout
+        while not done.is_set() and time.monotonic() < deadline:
+            client.loop(timeout=0.1)
+    except OSError as exc:  # ssl.SSLError is one: a handshake can fail only now
+        what = "TLS error" if isinstance(exc, ssl.SSLError) else "connection lost before CONNACK"
+        return Check("broker", FAIL, f"{where}: {what}: {exc}")
+    finally:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            client.disconnect()  # sends DISCONNECT if connected; the loop closes the socket
+            client.loop(timeout=0.1)
+    if not answer:
+        return Check("broker", FAIL, f"{where}: timeout: no CONNACK within {timeout:g} s")
+    reason = answer[0]
+    code = int(reason.value)
+    took = (time.monotonic() - started) * 1000
+    if not reason.is_failure:
+        who = f"as {m.username}" if m.username else "anonymously"
+        tls = ", TLS" if m.use_tls else ""
+        return Check("broker", OK, f"{where}: connected {who}{tls} in {took:.0f} ms")
+    if code in _AUTH_CODES:
+        return Check("broker", FAIL, f"{where}: bad credentials: broker says {reason}")
+    return Check("broker", FAIL, f"{where}: connection rejected: {reason} ({code})")
+
+
+def check_cameras(cfg: AgentConfig, seconds: float = 2.0, timeout: float = 5.0) -> list[Check]:
+    """Open each enabled camera and measure fps and keyframe interval (one line each)."""
+    from agent.ingest import probe  # noqa: PLC0415
+
+    enabled = {cid: cam for cid, cam in cfg.cameras.items() if cam.enabled}
+    if not enabled:
+        return [Check("cameras", WARN, "no enabled camera in the config")]
+    out = []
+    for cid, cam in enabled.items():
+        name = f"camera {cid}"
+        try:
+            result = probe(
+                cam.source_url(cid),
+                transport=cam.transport,
+                seconds=seconds,
+                timeout=min(timeout, cam.open_timeout),
+            )
+        except AgentError as exc:  # StreamError names the class; SecretError the secret
+            out.append(Check(name, FAIL, redact_text(str(exc))))
+            continue
+        gop = result.keyframe_interval_s
+        gop_text = f"keyframe every {gop:.1f} s" if gop is not None else "keyframe interval unknown"
+        detail = (
+            f"{result.width}x{result.height} {result.codec}, {result.measured_fps:.1f} fps, "
+            f"{gop_text}"
+        )
+        slow = gop is not None and gop > 2 * max(cam.detect_interval, 1.0) and cam.decode != "all"
+        out.append(Check(name, WARN if slow else OK, detail + (" (long GOP)" if slow else "")))
+    return out
+
+
+def check_model(cfg: AgentConfig) -> Check:
+    """The model package's manifest and sha256, then its ONNX graph on the configured backend."""
+    from agent.detect import Detector, load_model_package  # noqa: PLC0415
+
+    try:
+        package = load_model_package(cfg.model.path)
+        Detector(package, backend=cfg.model.backend, threads=1)
+    except (AgentError, ValueError) as exc:
+        return Check("model", FAIL, str(exc))
+    return Check(
+        "model",
+        OK,
+        f"{package.name} {package.version}, sha256 {package.sha256[:12]} ok, "
+        f"{len(package.labels)} labels, {cfg.model.backend}",
+    )
+
+
+def check_audio(cfg: AgentConfig) -> Check:
+    """The alarm's sounder: nothing to do, aplay present (alsa), or a short test play."""
+    from agent.alarm import SoundBank, make_sounder  # noqa: PLC0415
+
+    sounder_cfg = cfg.alarm.sounder
+    if sounder_cfg.kind == "none":
+        return Check("audio", OK, "no speaker configured")
+    if not cfg.alarm.enabled:
+        return Check("audio", WARN, f"{sounder_cfg.kind} sounder configured, alarm disabled")
+    if sounder_cfg.kind == "alsa":
+        aplay = shutil.which("aplay")
+        if aplay is None:
+            return Check("audio", FAIL, "aplay not found (install alsa-utils)")
+        return Check("audio", OK, f"{aplay} present, device {sounder_cfg.device or 'default'}")
+    try:
+        sounder = make_sounder(sounder_cfg)
+        started = time.monotonic()
+        sounder.play(SoundBank(cfg.alarm).render("info", None), "check")
+    except AgentError as exc:
+        return Check("audio", FAIL, redact_text(str(exc)))
+    took = time.monotonic() - started
+    return Check("audio", OK, f"test beep played via {sounder.describe()} in {took:.2f} s")
+
+
+def check_systemd(unit: str = UNIT) -> Check:
+    """Whether the systemd unit is installed and enabled (warn where there is no systemd)."""
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        return Check("systemd", WARN, "no systemctl here: start the agent some other way")
+    try:
+        result = subprocess.run(
+            [systemctl, "is-enabled", unit], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check("systemd", WARN, f"systemctl is-enabled {unit}: {exc}")
+    state = result.stdout.strip()
+    error = result.stderr.strip().splitlines()[0] if result.stderr.strip() else ""
+    if state in {"enabled", "enabled-runtime", "static", "alias"}:
+        return Check("systemd", OK, f"{unit}.service {state}")
+    if state in {"disabled", "masked", "masked-runtime", "linked", "linked-runtime"}:
+        return Check("systemd", FAIL, f"{unit}.service {state}: it will not start at boot")
+    if state == "not-found" or "not found" in error or "No such file" in error:
+        return Check("systemd", WARN, f"{unit}.service not installed")
+    return Check("systemd", WARN, f"cannot ask systemd: {error or state or 'no answer'}")
+
+
+def run_checks(
+    config_path: Path,
+    *,
+    min_free_mb: float | None = None,
+    skip_cameras: bool = False,
+    probe_seconds: float = 2.0,
+    timeout: float = 5.0,
+) -> list[Check]:
+    """Run every check in order; a check that needs a valid config is skipped without one."""
+    config_check, cfg = check_config(config_path)
+    out = [config_check, _guard("clock", check_clock)]
+    steps: list[tuple[str, Callable[[AgentConfig], Check | list[Check]]]] = [
+        ("disk", lambda c: check_disk(c.storage.state_dir, min_free_mb)),
+        ("database", lambda c: check_database(c.storage.state_dir)),
+        ("broker", lambda c: check_broker(c, timeout)),
+        ("cameras", lambda c: check_cameras(c, probe_seconds, timeout)),
+        ("model", check_model),
+        ("audio", check_audio),
+    ]
+    for name, step in steps:
+        if cfg is None:
+            out.append(Check(name, WARN, "skipped: the config is not valid"))
+        elif name == "cameras" and skip_cameras:
+            out.append(Check("cameras", WARN, "skipped (--skip-cameras)"))
+        else:
+            result = _guard(name, functools.partial(step, cfg))
+            out.extend(result if isinstance(result, list) else [result])
+    out.append(_guard("systemd", check_systemd))
+    return out
+
+
+def _guard(name: str, fn: Callable[[], T]) -> T | Check:
+    """Run one check; a bug in it becomes a FAIL line (logged with its traceback)."""
+    try:
+        return fn()
+    except Exception as exc:  # the edge of one check: report it, run the others
+        logger.exception("check %s crashed", name)
+        return Check(name, FAIL, f"internal error: {redact_text(str(exc))}")
+
+
+# --------------------------------------------------------------------------- status
+
+
+def read_status(cfg: AgentConfig, now: float | None = None) -> dict[str, Any]:
+    """What the agent is doing, from its database only (read-only; works when it is stopped).
+
+    The agent saves camera health every heartbeat interval, so the newest write tells
+    whether it is alive: older than three intervals (and at least 30 s) means stopped or hung.
+
+    Raises:
+        OutboxError: there is no database yet, or it cannot be opened.
+    """
+    now = time.time() if now is None else now
+    path = cfg.storage.state_dir / DB_NAME
+    conn = connect_ro(path)
+    try:
+        return _status(conn, cfg, path, now)
+    except sqlite3.Error as exc:
+        raise OutboxError(f"{path}: cannot read the agent's state: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def _camera_rows(conn: sqlite3.Connection, times: list[float]) -> dict[str, Any]:
+    cameras: dict[str, Any] = {}
+    for camera, state, since, updated, text in conn.execute(
+        "SELECT camera, state, since, updated_at, health FROM camera_health ORDER BY camera"
+    ):
+        health = json.loads(text)
+        times.append(updated)
+        error = health.get("last_error")
+        cameras[camera] = {
+            "state": state,
+            "since": since,
+            "fps": health.get("fps"),
+            "quality": health.get("quality"),
+            "updated_at": updated,
+            "last_error": redact_text(error) if error else None,
+            "last_error_class": health.get("last_error_class"),
+        }
+    return cameras
+
+
+def _backlog_rows(
+    conn: sqlite3.Connection, now: float, times: list[float]
+) -> tuple[dict[str, Any], float | None]:
+    """Backlog per kind and the uptime the newest unsent heartbeat gives, if any."""
+    backlog: dict[str, Any] = {}
+    for kind, count, oldest, newest in conn.execute(
+        "SELECT kind, COUNT(*), MIN(created_at), MAX(created_at) FROM outbox GROUP BY kind"
+        " ORDER BY kind"
+    ):
+        backlog[kind] = {"messages": count, "oldest_age_s": round(now - oldest, 1)}
+        times.append(newest)
+    row = conn.execute(
+        "SELECT created_at, payload FROM outbox WHERE kind = 'heartbeat' ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return backlog, None
+    try:
+        return backlog, float(json.loads(row[1])["uptime_s"]) + (now - row[0])
+    except (ValueError, KeyError, TypeError):
+        return backlog, None
+
+
+def _alert_rows(conn: sqlite3.Connection, times: list[float]) -> list[dict[str, Any]]:
+    alerts: list[dict[str, Any]] = []
+    for a_type, camera, zone, started, ended, raised in conn.execute(
+        "SELECT type, camera, zone, started_at, ended_at, raised_at FROM alerts"
+        " ORDER BY raised_at DESC LIMIT 5"
+    ):
+        alerts.append(
+            {"type": a_type, "camera": camera, "zone": zone, "started": started, "ended": ended}
+        )
+        times.extend(t for t in (raised, ended) if t is not None)
+    return alerts
+
+
+def _status(conn: sqlite3.Connection, cfg: AgentConfig, path: Path, now: float) -> dict[str, Any]:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    times: list[float] = []
+    cameras = _camera_rows(conn, times) if "camera_health" in tables else {}
+    backlog, uptime = _backlog_rows(conn, now, times) if "outbox" in tables else ({}, None)
+    alerts = _alert_rows(conn, times) if "alerts" in tables else []
+    # The write-ahead log changes on every commit, also when acked rows are deleted.
+    for file in (path, path.with_name(path.name + "-wal")):
+        if file.exists():
+            times.append(file.stat().st_mtime)
+    last = max(times) if times else None
+    stale_after = max(30.0, 3 * cfg.heartbeat.interval)
+    age = None if last is None else max(0.0, now - last)
+    running = age is not None and age <= stale_after
+    if age is None:
+        summary = "never ran (no state saved)"
+    elif running:
+        summary = f"running (state updated {ago(age)} ago)"
+    else:
+        summary = f"stopped or hung (last update {ago(age)} ago)"
+    return {
+        "running": running,
+        "summary": summary,
+        "last_update": last,
+        "last_update_age_s": None if age is None else round(age, 1),
+        "uptime_s": round(uptime, 1) if running and uptime is not None else None,
+        "database": str(path),
+        "cameras": cameras,
+        "backlog": backlog,
+        "alerts": alerts,
+    }

@@ -1,0 +1,262 @@
+"""``mclz-agent check`` and ``status`` against real services: mosquitto, RTSP, SQLite, ONNX."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from services import AgentProcess, Broker, BrokerFactory, ClipFactory, RtspServerFactory, free_port
+from synthetic_model import build_pattern_model
+from typer.testing import CliRunner
+
+from agent.cli import CHECK_FAILED, app
+from agent.outbox import AlertRecord, Outbox
+
+CAM_SECRET = "Doctor-Cam-S3cret"
+MQTT_SECRET = "Doctor-Mqtt-S3cret"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_pattern_model(tmp_path_factory.mktemp("model") / "pattern")
+
+
+@pytest.fixture(autouse=True)
+def secrets_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCTOR_CAM_PASSWORD", CAM_SECRET)
+    monkeypatch.setenv("DOCTOR_MQTT_PASSWORD", MQTT_SECRET)
+
+
+def write_config(
+    tmp_path: Path,
+    broker_url: str,
+    model: Path,
+    *,
+    camera_url: str | None = None,
+    mqtt_user: str = "",
+    camera_password: bool = True,
+) -> Path:
+    mqtt: dict[str, Any] = {"url": broker_url, "reconnect_min": 1, "reconnect_max": 2}
+    if mqtt_user:
+        mqtt |= {"username": mqtt_user, "password": {"env": "DOCTOR_MQTT_PASSWORD"}}
+    cameras: dict[str, Any] = {}
+    if camera_url is not None:
+        cameras["kitchen-1"] = {"url": camera_url, "offline_after": 5}
+        if camera_password:
+            cameras["kitchen-1"]["password"] = {"env": "DOCTOR_CAM_PASSWORD"}
+    data = {
+        "identity": {"city": "hz", "school_id": "s-001", "box_id": "box-01"},
+        "mqtt": mqtt,
+        "cameras": cameras,
+        "model": {"path": str(model)},
+        "storage": {"state_dir": str(tmp_path / "state")},
+        "heartbeat": {"interval": 2},
+    }
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return path
+
+
+def run_check(config: Path, *extra: str) -> tuple[int, dict[str, dict[str, str]], str]:
+    """Exit code, the checks by name, and all output."""
+    result = runner.invoke(app, ["check", "--config", str(config), "--json", *extra])
+    rows = json.loads(result.stdout)
+    return result.exit_code, {r["name"]: r for r in rows}, result.output
+
+
+def test_check_good_setup_passes(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """A working broker, camera and model: no FAIL, exit 0, fps measured, no secret shown."""
+    server = rtsp_server_factory(
+        {"/kitchen": clip_factory(fps=10, gop=10)}, user="admin", password=CAM_SECRET
+    )
+    config = write_config(
+        tmp_path, broker.url, model_dir, camera_url=server.url("/kitchen", user="admin")
+    )
+    code, checks, output = run_check(config)
+    assert code == 0, output
+    assert {c["verdict"] for c in checks.values()} <= {"ok", "warn"}
+    for name in ("config", "disk", "broker", "camera kitchen-1", "model", "audio"):
+        assert checks[name]["verdict"] == "ok", checks[name]
+    assert checks["database"]["detail"].endswith("no database yet (created on the first run)")
+    assert not (tmp_path / "state" / "agent.db").exists(), "check must not create the database"
+    assert "fps" in checks["camera kitchen-1"]["detail"]
+    assert "keyframe every 1.0 s" in checks["camera kitchen-1"]["detail"]
+    assert checks["audio"]["detail"] == "no speaker configured"
+    assert CAM_SECRET not in output
+
+
+def test_check_broker_down_fails(broker: Broker, model_dir: Path, tmp_path: Path) -> None:
+    """A stopped broker: the broker line FAILs as refused and the exit code says so."""
+    broker.stop()
+    code, checks, _ = run_check(write_config(tmp_path, broker.url, model_dir), "--skip-cameras")
+    assert code == CHECK_FAILED
+    assert checks["broker"]["verdict"] == "FAIL"
+    assert "connection refused" in checks["broker"]["detail"]
+    assert [n for n, c in checks.items() if c["verdict"] == "FAIL"] == ["broker"]
+
+
+def test_check_wrong_password_fails(
+    broker_factory: BrokerFactory, model_dir: Path, tmp_path: Path
+) -> None:
+    """The broker rejects the password: 'bad credentials' from CONNACK, and no secret shown."""
+    secured = broker_factory(users={"agent": "the-right-one"})
+    config = write_config(tmp_path, secured.url, model_dir, mqtt_user="agent")
+    code, checks, output = run_check(config, "--skip-cameras")
+    assert code == CHECK_FAILED
+    assert checks["broker"]["verdict"] == "FAIL"
+    assert "bad credentials" in checks["broker"]["detail"]
+    assert MQTT_SECRET not in output
+
+
+def test_check_dead_camera_fails(broker: Broker, model_dir: Path, tmp_path: Path) -> None:
+    """A camera nobody answers for: its line FAILs with the error class, password redacted."""
+    url = f"rtsp://admin@127.0.0.1:{free_port()}/nothing"
+    code, checks, output = run_check(write_config(tmp_path, broker.url, model_dir, camera_url=url))
+    assert code == CHECK_FAILED
+    assert checks["camera kitchen-1"]["verdict"] == "FAIL"
+    assert "refused" in checks["camera kitchen-1"]["detail"]
+    assert CAM_SECRET not in output
+
+
+def test_check_corrupt_model_fails(broker: Broker, model_dir: Path, tmp_path: Path) -> None:
+    """A model file that no longer matches its manifest's sha256: the model line FAILs."""
+    bad = shutil.copytree(model_dir, tmp_path / "model")
+    with (bad / "model.onnx").open("ab") as onnx:
+        onnx.write(b"\0")
+    code, checks, _ = run_check(write_config(tmp_path, broker.url, bad), "--skip-cameras")
+    assert code == CHECK_FAILED
+    assert checks["model"]["verdict"] == "FAIL"
+    assert "sha256" in checks["model"]["detail"]
+
+
+def test_check_disk_too_full_fails(broker: Broker, model_dir: Path, tmp_path: Path) -> None:
+    """Less free space than --min-free-mb asks for: the disk line FAILs."""
+    free_mb = shutil.disk_usage(tmp_path).free / 1024 / 1024
+    config = write_config(tmp_path, broker.url, model_dir)
+    code, checks, _ = run_check(config, "--skip-cameras", "--min-free-mb", str(int(free_mb * 2)))
+    assert code == CHECK_FAILED
+    assert checks["disk"]["verdict"] == "FAIL"
+    assert [n for n, c in checks.items() if c["verdict"] == "FAIL"] == ["disk"]
+
+
+def test_check_text_table(broker: Broker, model_dir: Path, tmp_path: Path) -> None:
+    """Without --json: one line per check, starting with its verdict."""
+    config = write_config(tmp_path, broker.url, model_dir)
+    result = runner.invoke(app, ["check", "--config", str(config), "--skip-cameras"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split()[1] for line in lines][:3] == ["config", "clock", "disk"]
+    assert all(line.split()[0] in {"ok", "warn", "FAIL"} for line in lines)
+
+
+def test_status_without_database(tmp_path: Path, model_dir: Path) -> None:
+    """No database yet: a clear message, exit code 4, and still no database file."""
+    config = write_config(tmp_path, "mqtt://127.0.0.1:1", model_dir)
+    result = runner.invoke(app, ["status", "--config", str(config)])
+    assert result.exit_code == 4
+    assert "no database yet" in result.output
+    assert not (tmp_path / "state" / "agent.db").exists()
+
+
+def test_status_of_a_stopped_agent(tmp_path: Path, model_dir: Path) -> None:
+    """State last written 2 h ago reads 'stopped or hung'; cameras, backlog, alerts shown."""
+    config = write_config(tmp_path, "mqtt://127.0.0.1:1", model_dir)
+    db = tmp_path / "state" / "agent.db"
+    then = time.time() - 7200
+    with Outbox(db) as store:
+        store.save_camera_health(
+            {
+                "kitchen-1": {
+                    "state": "offline",
+                    "since": then - 60,
+                    "fps": 0.0,
+                    "last_error": "cannot open stream: refused",
+                    "last_error_class": "refused",
+                }
+            },
+            then,
+        )
+        store.record_alert(
+            AlertRecord(
+                "a-1", "kitchen-1", "no_hat", "warning", then - 30, then - 29, 0.9, [], None
+            ),
+            "mclz/hz/s-001/box-01/alert",
+            b"{}",
+        )
+        store.enqueue("mclz/hz/s-001/box-01/heartbeat", b'{"uptime_s": 5}', kind="heartbeat")
+        with sqlite3.connect(db) as conn:  # make every row as old as the health
+            conn.execute("UPDATE outbox SET created_at = ?", (then,))
+    for file in (db, db.with_name("agent.db-wal")):
+        if file.exists():
+            os.utime(file, (then, then))
+    before = db.stat().st_mtime
+
+    result = runner.invoke(app, ["status", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    state = json.loads(result.stdout)
+    assert not state["running"]
+    assert state["summary"].startswith("stopped or hung (last update 2.0 h ago")
+    assert state["uptime_s"] is None
+    assert state["cameras"]["kitchen-1"]["state"] == "offline"
+    assert state["cameras"]["kitchen-1"]["last_error_class"] == "refused"
+    assert set(state["backlog"]) == {"alert", "heartbeat"}
+    assert state["alerts"][0]["type"] == "no_hat"
+    assert db.stat().st_mtime == before, "status must not write to the database"
+
+    text = runner.invoke(app, ["status", "--config", str(config)])
+    assert text.exit_code == 0, text.output
+    assert "stopped or hung" in text.output
+    assert "last error (refused)" in text.output
+
+
+def test_status_of_a_running_agent(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    model_dir: Path,
+    tmp_path: Path,
+    agents: list[AgentProcess],
+) -> None:
+    """While the agent runs, status reads its state read-only and says 'running'."""
+    server = rtsp_server_factory({"/kitchen": clip_factory(fps=10, gop=10)})
+    config = write_config(
+        tmp_path,
+        broker.url,
+        model_dir,
+        camera_url=server.url("/kitchen"),
+        camera_password=False,
+    )
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    db = tmp_path / "state" / "agent.db"
+    deadline = time.monotonic() + 20
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        if db.exists():
+            result = runner.invoke(app, ["status", "--config", str(config), "--json"])
+            if result.exit_code == 0:
+                state = json.loads(result.stdout)
+                if state["cameras"].get("kitchen-1", {}).get("state") == "online":
+                    break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"agent never reported an online camera: {state}\n{agent.log[-2000:]}")
+    assert state["running"], state
+    assert state["summary"].startswith("running (state updated")
+    assert state["cameras"]["kitchen-1"]["fps"] > 0
+    code, _ = agent.terminate()
+    assert code == 0, agent.log[-2000:]
