@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import threading
@@ -43,6 +42,7 @@ import yaml
 from agent.config import AgentConfig, CaptureConfig, IdentityConfig
 from agent.detect import Detection
 from agent.errors import DatasetError, OutboxError
+from agent.fsutil import write_atomic
 from agent.rules import DEFAULT_MIN_CONFIDENCE
 
 logger = logging.getLogger(__name__)
@@ -115,24 +115,6 @@ def yolo_lines(detections: Iterable[Detection], class_ids: Mapping[str, int]) ->
         cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
         lines.append(f"{class_id} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
     return lines
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and rename.
-
-    Raises:
-        OSError: it cannot be written.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_classes(directory: Path) -> tuple[str, ...] | None:
@@ -266,7 +248,7 @@ class Capture:
                     changed,
                 )
             text = "".join(f"{name}\n" for name in self.labels)
-            _write_atomic(self.directory / CLASSES_FILE, text.encode())
+            write_atomic(self.directory / CLASSES_FILE, text.encode())
 
     def _relabel(self, old: Sequence[str]) -> int:
         """Map every stored label line from ``old`` class ids to the current ones."""
@@ -281,7 +263,7 @@ class Capture:
                 new_id = mapping.get(int(parts[0]))
                 if new_id is not None:
                     lines.append(" ".join([str(new_id), *parts[1:]]))
-            _write_atomic(label, "".join(f"{line}\n" for line in lines).encode())
+            write_atomic(label, "".join(f"{line}\n" for line in lines).encode())
             changed += 1
         return changed
 
@@ -361,9 +343,9 @@ class Capture:
             suffix += 1
         label = image.with_suffix(".txt")
         text = "".join(f"{line}\n" for line in yolo_lines(detections, self._class_ids))
-        _write_atomic(label, text.encode())
+        write_atomic(label, text.encode())
         try:
-            _write_atomic(image, jpeg)
+            write_atomic(image, jpeg)
         except OSError:
             label.unlink(missing_ok=True)
             raise

@@ -57,7 +57,6 @@ boxes are the occlusion test that matters; the distance test is the fallback.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -71,6 +70,7 @@ import numpy.typing as npt
 
 from agent.config import AgentConfig, FoodConfig
 from agent.errors import ConfigError, OutboxError
+from agent.fsutil import write_atomic
 from agent.outbox import FoodRef, Outbox
 from agent.zones import overlap, polygon_area
 
@@ -287,19 +287,6 @@ def stamp(wall: float) -> str:
     return f"{moment:%Y%m%dT%H%M%S}{moment.microsecond // 1000:03d}Z"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 class FoodStore:
     """Food-zone references: rows in the agent's database, images under the state directory.
 
@@ -343,7 +330,7 @@ class FoodStore:
             raise OutboxError(f"{path}: cannot encode the reference image")
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, png.tobytes())
+            write_atomic(path, png.tobytes())
         except OSError as exc:
             raise OutboxError(f"{path}: cannot write the reference: {exc.strerror}") from exc
         ref = FoodRef(0, camera, zone, state, wall, str(path), vector.tobytes(), FEATURE_KIND)

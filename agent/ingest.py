@@ -720,6 +720,26 @@ class ProbeResult:
     snapshot: np.ndarray = field(repr=False)  # BGR, the first decoded frame
 
 
+def _open_for_cli(
+    url: str, shown: str, *, transport: str, timeout: float, fast: bool = False
+) -> av.container.InputContainer:
+    """Open a stream for a one-off command (probe, grab); ``shown`` is its redacted URL.
+
+    Raises:
+        StreamError: it cannot be opened; the message names the error class.
+    """
+    options: dict[str, str] = {}
+    if "://" in url and not url.startswith("file://"):
+        options = {"rtsp_transport": transport, "timeout": str(int(timeout * 1_000_000))}
+        if fast:
+            options["fpsprobesize"] = "0"
+    try:
+        return av.open(url, mode="r", options=options, timeout=(timeout, timeout))
+    except (av.error.FFmpegError, OSError) as exc:
+        kind = classify_error(exc)
+        raise StreamError(f"{shown}: cannot open ({kind}): {redact_text(str(exc))}") from exc
+
+
 def probe(
     url: str, *, transport: str = "tcp", seconds: float = 5.0, timeout: float = 10.0
 ) -> ProbeResult:
@@ -729,16 +749,9 @@ def probe(
         StreamError: the stream cannot be opened or gives no frame; the message names the
             error class (auth_failed, not_found, refused, timeout, ...), credentials redacted.
     """
-    options: dict[str, str] = {}
-    if "://" in url and not url.startswith("file://"):
-        options = {"rtsp_transport": transport, "timeout": str(int(timeout * 1_000_000))}
     shown = redact_url(url)
     t0 = time.monotonic()
-    try:
-        container = av.open(url, mode="r", options=options, timeout=(timeout, timeout))
-    except (av.error.FFmpegError, OSError) as exc:
-        kind = classify_error(exc)
-        raise StreamError(f"{shown}: cannot open ({kind}): {redact_text(str(exc))}") from exc
+    container = _open_for_cli(url, shown, transport=transport, timeout=timeout)
     try:
         if not container.streams.video:
             raise StreamError(f"{shown}: no video stream")
@@ -811,19 +824,11 @@ def grab_frames(
     Raises:
         StreamError: the stream cannot be opened or gives no frame (credentials redacted).
     """
-    options: dict[str, str] = {}
-    if "://" in url and not url.startswith("file://"):
-        options = {"rtsp_transport": transport, "timeout": str(int(timeout * 1_000_000))}
     shown = redact_url(url)
-    if options:
-        options["fpsprobesize"] = "0"  # as CameraReader: no ~5 s frame-rate probe per open
     step = seconds / (count - 1) if count > 1 else 0.0
     frames: list[np.ndarray] = []
-    try:
-        container = av.open(url, mode="r", options=options, timeout=(timeout, timeout))
-    except (av.error.FFmpegError, OSError) as exc:
-        kind = classify_error(exc)
-        raise StreamError(f"{shown}: cannot open ({kind}): {redact_text(str(exc))}") from exc
+    # As CameraReader: no ~5 s frame-rate probe per open.
+    container = _open_for_cli(url, shown, transport=transport, timeout=timeout, fast=True)
     try:
         if not container.streams.video:
             raise StreamError(f"{shown}: no video stream")
