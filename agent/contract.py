@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,23 +215,11 @@ def alert(
 
 
 def heartbeat(
-    config: AgentConfig,
-    msg_id: str,
-    *,
-    now: float,
-    started: float,
-    cameras: dict[str, dict[str, Any]],
-    detector: dict[str, Any],
-    uplink: dict[str, Any],
-    outbox: dict[str, Any],
-    alerts: dict[str, Any],
-    system: dict[str, Any],
-    clock: dict[str, Any],
-    control: dict[str, Any],
-    capture: dict[str, Any],
-    alarm: dict[str, Any],
+    config: AgentConfig, msg_id: str, *, now: float, started: float, health: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Payload of ``heartbeat``: what the platform needs to judge this box's health."""
+    """Payload of ``heartbeat``: the agent's health snapshot (``Agent.health()``) framed with
+    the box, the time and the summary counts the platform ranks schools by."""
+    cameras = health["cameras"]
     online = sum(1 for c in cameras.values() if c.get("state") == "online")
     return {
         "v": SCHEMA_VERSION,
@@ -242,16 +230,7 @@ def heartbeat(
         "uptime_s": round(now - started, 1),
         "cameras_total": len(cameras),
         "cameras_online": online,
-        "cameras": cameras,
-        "system": system,
-        "clock": clock,
-        "control": control,
-        "capture": capture,
-        "alarm": alarm,
-        "detector": detector,
-        "uplink": uplink,
-        "outbox": outbox,
-        "alerts": alerts,
+        **health,
     }
 
 

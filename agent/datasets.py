@@ -28,6 +28,7 @@ for another task would otherwise give meaningless figures.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import xml.etree.ElementTree as ET
@@ -154,6 +155,19 @@ class Dataset:
     def problem_counts(self) -> Counter[str]:
         """Problems per kind (``malformed``, ``unknown_class``, ``degenerate``, ``missing``)."""
         return Counter(p.kind for p in self.problems)
+
+
+VAL_PERCENT = 15  # share of each source that goes to val, by hash of "<source>/<stem>"
+
+
+def split_of(source: str, stem: str) -> str:
+    """``"val"`` or ``"train"`` for an image of ``source``; stable across runs and machines.
+
+    The one definition of the training split: data preparation uses it to build the
+    dataset, and the tests use it to pick images the model never trained on.
+    """
+    digest = hashlib.sha1(f"{source}/{stem}".encode(), usedforsecurity=False).hexdigest()
+    return "val" if int(digest[:8], 16) % 100 < VAL_PERCENT else "train"
 
 
 def agent_label(name: str) -> str | None:

@@ -764,20 +764,7 @@ class Agent:
         msg_id = uuid.uuid4().hex
         h = self.health()
         body = contract.heartbeat(
-            self.config,
-            msg_id,
-            now=time.time(),
-            started=self.started,
-            cameras=h["cameras"],
-            detector=h["detector"],
-            uplink=h["uplink"],
-            outbox=h["outbox"],
-            alerts=h["alerts"],
-            system=h["system"],
-            clock=h["clock"],
-            control=h["control"],
-            capture=h["capture"],
-            alarm=h["alarm"],
+            self.config, msg_id, now=time.time(), started=self.started, health=h
         )
         try:
             self.outbox.enqueue(

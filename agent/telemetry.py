@@ -7,6 +7,7 @@ VM has no thermal zone) is simply left out rather than guessed.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import resource
 import shutil
@@ -145,6 +146,12 @@ _STA_NANO = 0x2000
 _TIME_ERROR = 5
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library, loaded once (the heartbeat asks every interval)."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def clock_status() -> dict[str, Any]:
     """How far the box's clock can be trusted, from the kernel's NTP state (adjtimex).
 
@@ -155,9 +162,8 @@ def clock_status() -> dict[str, Any]:
     call is unavailable (not Linux, seccomp) only ``synchronized: null`` is reported.
     """
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
         timex = _Timex()
-        state = libc.adjtimex(ctypes.byref(timex))
+        state = _libc().adjtimex(ctypes.byref(timex))
     except (OSError, AttributeError):
         return {"synchronized": None, "source": "unavailable"}
     if state < 0:

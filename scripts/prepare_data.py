@@ -26,7 +26,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -38,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a plain script, from any directory
     sys.path.insert(0, str(REPO))
 
-from agent.datasets import AGENT_LABELS, Dataset, load_dataset  # noqa: E402
+from agent.datasets import AGENT_LABELS, Dataset, load_dataset, split_of  # noqa: E402
 from agent.errors import DatasetError  # noqa: E402
 
 DEFAULT_SHARED = REPO.parent / "shared" / "datasets"
@@ -51,7 +50,6 @@ RARE = frozenset({NAMES.index("face_no_mask"), NAMES.index("head_bare")})
 #: Source folders under ``--shared``, with the prefix their images get in the merged set.
 SOURCES = {"facemask": "fm", "headcover": "hc"}
 
-VAL_PERCENT = 15  # share of each source that goes to val, by hash of "<source>/<stem>"
 
 Box = tuple[int, float, float, float, float]  # class, cx, cy, w, h (normalised)
 
@@ -82,12 +80,6 @@ class Stats:
             missing=kinds["missing"],
             problems=[str(p) for p in dataset.problems[:10]],
         )
-
-
-def split_of(source: str, stem: str) -> str:
-    """Return ``"val"`` or ``"train"`` for an image; stable across runs and machines."""
-    digest = hashlib.sha1(f"{source}/{stem}".encode(), usedforsecurity=False).hexdigest()
-    return "val" if int(digest[:8], 16) % 100 < VAL_PERCENT else "train"
 
 
 def _to_yolo_box(label: str, box: tuple[float, float, float, float]) -> Box:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import itertools
 import json
 import os
@@ -42,6 +41,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.datasets import split_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RTSP_SERVER_SCRIPT = REPO_ROOT / "scripts" / "rtsp_server.py"
@@ -1446,13 +1447,6 @@ class AgentProcess:
 # --------------------------------------------------------------------------- real pictures
 
 FACEMASK = REPO_ROOT.parent / "shared" / "datasets" / "facemask"
-VAL_PERCENT = 15  # the validation share of scripts/prepare_data.py
-
-
-def in_val_split(source: str, stem: str) -> bool:
-    """Whether scripts/prepare_data.py held this image out of training (its val split)."""
-    digest = hashlib.sha1(f"{source}/{stem}".encode(), usedforsecurity=False).hexdigest()
-    return int(digest[:8], 16) % 100 < VAL_PERCENT
 
 
 def held_out_faces(classes: set[str], *, min_height: float = 0.25) -> list[Path]:
@@ -1464,7 +1458,7 @@ def held_out_faces(classes: set[str], *, min_height: float = 0.25) -> list[Path]
     """
     chosen = []
     for xml_path in sorted((FACEMASK / "annotations").glob("*.xml")):
-        if not in_val_split("facemask", xml_path.stem):
+        if split_of("facemask", xml_path.stem) != "val":
             continue
         root = ET.parse(xml_path).getroot()  # noqa: S314 - the project's own dataset
         objects = root.findall("object")
