@@ -9,7 +9,7 @@ Library errors become one clear message and an exit code here, and only here:
 3     the model package cannot be used
 4     the local state (database, evidence directory) cannot be used
 5     the uplink cannot be configured (TLS material, secrets)
-6     a camera stream cannot be used
+6     a camera stream cannot be used, or camera discovery cannot use the network
 7     the alarm's sounder failed to play (``alarm test``)
 8     one or more checks failed (``check``)
 ====  ==========================================================
@@ -33,6 +33,7 @@ from agent.errors import (
     AgentError,
     ConfigError,
     DatasetError,
+    DiscoveryError,
     ModelError,
     OutboxError,
     SounderError,
@@ -56,6 +57,7 @@ EXIT_CODES: tuple[tuple[type[AgentError], int], ...] = (
     (OutboxError, 4),
     (UplinkError, 5),
     (StreamError, 6),
+    (DiscoveryError, 6),
     (SounderError, 7),
 )
 CHECK_FAILED = 8  # ``check``: a FAIL line is a verdict, not an error, so no exception maps here
@@ -71,7 +73,9 @@ config_app = typer.Typer(help="Check and show the configuration.", no_args_is_he
 app.add_typer(config_app, name="config")
 model_app = typer.Typer(help="Evaluate the detection model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
-camera_app = typer.Typer(help="Probe and list cameras.", no_args_is_help=True)
+camera_app = typer.Typer(
+    help="Add, remove, probe, snapshot, discover and list cameras.", no_args_is_help=True
+)
 app.add_typer(camera_app, name="camera")
 outbox_app = typer.Typer(help="Inspect the local store-and-forward outbox.", no_args_is_help=True)
 app.add_typer(outbox_app, name="outbox")
@@ -1102,6 +1106,15 @@ def status(
     typer.echo(f"agent     {state['summary']}")
     uptime = state["uptime_s"]
     typer.echo(f"uptime    {ago(uptime) if uptime is not None else 'unknown'}")
+    if state["pid"] is not None:
+        typer.echo(f"process   pid {state['pid']}, mclz-agent {state['version']}, {state['model']}")
+    rate = state["analysed_per_s"]
+    if rate is not None:
+        typer.echo(f"detect    {rate:.2f} frame(s)/s analysed")
+    if state["uplink_connected"] is not None:
+        link = "connected" if state["uplink_connected"] else "NOT connected"
+        error = f" (last error: {state['uplink_last_error']})" if state["uplink_last_error"] else ""
+        typer.echo(f"uplink    {link}{error}")
     typer.echo(f"database  {state['database']}")
     typer.echo("cameras" if state["cameras"] else "cameras   (no saved health yet)")
     for cid, cam in state["cameras"].items():
@@ -1154,6 +1167,11 @@ def version() -> None:
             typer.echo(f"  {dist} {dist_version(dist)}")
         except PackageNotFoundError:
             typer.echo(f"  {dist} (not installed)")
+
+
+# The installer's commands (init, camera add/remove/snapshot/discover, service) register
+# themselves on ``app`` and ``camera_app`` above.
+from agent import cli_install  # noqa: E402, F401
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from agent.redact import register_secret, with_password
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _ID_RE = re.compile(ID_PATTERN)
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+DEFAULT_CREDENTIALS_DIR = Path("/etc/mclz-agent/credentials")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -104,13 +105,7 @@ class SecretRef(_Model):
                 raise SecretError(f"{where}: environment variable {self.env} is not set")
         else:
             if self.credential is not None:
-                directory = os.environ.get("CREDENTIALS_DIRECTORY")
-                if not directory:
-                    raise SecretError(
-                        f"{where}: credential {self.credential!r} needs $CREDENTIALS_DIRECTORY "
-                        "(set by systemd's LoadCredential=)"
-                    )
-                path = Path(directory) / self.credential
+                path = credentials_directory() / self.credential
             else:
                 path = self.file if self.file is not None else Path()
             try:
@@ -123,6 +118,20 @@ class SecretRef(_Model):
             raise SecretError(f"{where}: secret from {self.describe()} is empty")
         register_secret(value)
         return value
+
+
+def credentials_directory() -> Path:
+    """Where ``{credential: NAME}`` secrets are read from.
+
+    Under systemd, ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``); elsewhere (the installer
+    running ``check`` or ``camera snapshot`` as root) the credential store ``init`` and
+    ``camera add`` write, ``$MCLZ_CREDENTIALS_DIR`` or ``/etc/mclz-agent/credentials``.
+    """
+    return Path(
+        os.environ.get("CREDENTIALS_DIRECTORY")
+        or os.environ.get("MCLZ_CREDENTIALS_DIR")
+        or DEFAULT_CREDENTIALS_DIR
+    )
 
 
 class IdentityConfig(_Model):

@@ -45,3 +45,7 @@ class UplinkError(AgentError):
 
 class SounderError(AgentError):
     """The on-site alarm's sounder could not play a sound (device, speaker or program failed)."""
+
+
+class DiscoveryError(AgentError):
+    """ONVIF discovery cannot use the network (bad interface, no multicast route, no permission)."""
