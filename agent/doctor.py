@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import ssl
@@ -479,9 +480,43 @@ def _alert_rows(conn: sqlite3.Connection, times: list[float]) -> list[dict[str, 
     return alerts
 
 
+def pid_alive(pid: int) -> bool | None:
+    """Whether process ``pid`` exists (None: cannot tell, e.g. another pid namespace)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user (the service user)
+    except OSError:
+        return None
+    return True
+
+
+def _run_rows(
+    conn: sqlite3.Connection, times: list[float]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The agent's run record (pid, start) and its latest progress record, if saved."""
+    records: dict[str, dict[str, Any]] = {}
+    for key, value, updated in conn.execute(
+        "SELECT key, value, updated_at FROM settings WHERE key IN ('state.run', 'state.progress')"
+    ):
+        try:
+            data = json.loads(value)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            records[key] = data
+            times.append(updated)
+    return records.get("state.run", {}), records.get("state.progress", {})
+
+
 def _status(conn: sqlite3.Connection, cfg: AgentConfig, path: Path, now: float) -> dict[str, Any]:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     times: list[float] = []
+    run, progress = _run_rows(conn, times) if "settings" in tables else ({}, {})
     cameras = _camera_rows(conn, times) if "camera_health" in tables else {}
     backlog, uptime = _backlog_rows(conn, now, times) if "outbox" in tables else ({}, None)
     alerts = _alert_rows(conn, times) if "alerts" in tables else []
@@ -493,18 +528,38 @@ def _status(conn: sqlite3.Connection, cfg: AgentConfig, path: Path, now: float) 
     stale_after = max(30.0, 3 * cfg.heartbeat.interval)
     age = None if last is None else max(0.0, now - last)
     running = age is not None and age <= stale_after
+    pid = run.get("pid") if isinstance(run.get("pid"), int) else None
+    alive = pid_alive(pid) if pid is not None else None
+    if alive is False:
+        running = False  # its process is gone, however fresh the files look
     if age is None:
         summary = "never ran (no state saved)"
     elif running:
         summary = f"running (state updated {ago(age)} ago)"
+    elif alive:
+        summary = f"hung: process {pid} alive but no update for {ago(age)}"
     else:
-        summary = f"stopped or hung (last update {ago(age)} ago)"
+        summary = f"stopped (last update {ago(age)} ago)"
+    started = run.get("started_at")
+    if running and isinstance(started, int | float):
+        uptime = now - started
     return {
         "running": running,
         "summary": summary,
         "last_update": last,
         "last_update_age_s": None if age is None else round(age, 1),
         "uptime_s": round(uptime, 1) if running and uptime is not None else None,
+        "pid": pid,
+        "pid_alive": alive,
+        "version": run.get("version"),
+        "model": run.get("model"),
+        "analysed_per_s": progress.get("analysed_per_s"),
+        "uplink_connected": progress.get("uplink_connected"),
+        "uplink_last_error": (
+            redact_text(str(progress["uplink_last_error"]))
+            if progress.get("uplink_last_error")
+            else None
+        ),
         "database": str(path),
         "cameras": cameras,
         "backlog": backlog,

@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_TTL = 86400.0  # a heartbeat older than a day tells the platform nothing new
 STATUS_TTL = 7 * 86400.0
 EXPIRE_EVERY = 60.0  # TTL expiry and the size cap
+RUN_KEY = "state.run"  # settings rows read by ``mclz-agent status``
+PROGRESS_KEY = "state.progress"
 WATCHDOG_STALE = 30.0  # the detect loop must have turned within this many seconds
 MAX_UNSTORED_ALERTS = 1000
 OCCLUDER_LABELS = ("person", "face", "head")  # detections that hide a food zone
@@ -118,6 +120,8 @@ def _watchdog_interval() -> float | None:
 
 class Agent:
     """The running agent: build it from a config, then :meth:`run` until stopped."""
+
+    _analysed_rate = 0.0  # frames analysed per second over the last heartbeat interval
 
     def __init__(self, config: AgentConfig, config_path: Path | None = None) -> None:
         """Open the store and load the model; ``config_path`` is what a reload re-reads.
@@ -182,6 +186,7 @@ class Agent:
         self.inferences = 0
         self.inference_seconds = 0.0
         self.frames_analysed = 0
+        self._rate_mark = (0, time.monotonic())  # frames analysed by then: for the rate
         self.alerts_by_type: dict[str, int] = {}
         self._detect_thread = threading.Thread(target=self._detect_loop, name="detect", daemon=True)
         self._health_thread = threading.Thread(target=self._health_loop, name="health", daemon=True)
@@ -260,7 +265,8 @@ class Agent:
             reader.start()
         self._detect_thread.start()
         self._health_thread.start()
-        sd_notify(f"READY=1\nSTATUS=running {len(self.readers)} camera(s)")
+        self._record_run()
+        sd_notify(f"READY=1\nSTATUS={self._status_line()}")
         deadline = None if duration is None else time.monotonic() + duration
         while not self.stop_event.wait(0.5):
             if self._reload_requested.is_set():
@@ -270,6 +276,62 @@ class Agent:
                 logger.info("run time of %.0f s reached", duration)
                 self.stop_event.set()
         self._shutdown()
+
+    def _record_run(self) -> None:
+        """Note this run (pid, start, version) for ``mclz-agent status``."""
+        try:
+            self.outbox.put_setting(
+                RUN_KEY,
+                {
+                    "pid": os.getpid(),
+                    "started_at": self.started,
+                    "version": __version__,
+                    "model": self.model_id,
+                    "cameras": len(self.readers),
+                },
+                "agent",
+            )
+        except OutboxError as exc:
+            logger.error("run record not saved: %s", exc)
+
+    def _status_line(self) -> str:
+        """One line for systemctl status: cameras online, uplink, backlog, analysis rate."""
+        states = [reader.state for reader in self.readers.values()]
+        online = sum(1 for s in states if s is CameraState.ONLINE)
+        uplink = "connected" if self.uplink.connected else "not connected"
+        try:
+            backlog = sum(self.outbox.backlog().values())
+        except OutboxError:
+            backlog = -1
+        rate = self._analysed_rate
+        return (
+            f"{online}/{len(states)} camera(s) online; uplink {uplink}; backlog {backlog};"
+            f" {rate:.1f} frame(s)/s analysed"
+        )
+
+    def _note_progress(self, now: float) -> None:
+        """Refresh the analysis rate, systemd's STATUS= and the stored progress record."""
+        frames, then = self._rate_mark
+        if now > then:
+            self._analysed_rate = (self.frames_analysed - frames) / (now - then)
+        self._rate_mark = (self.frames_analysed, now)
+        sd_notify(f"STATUS={self._status_line()}")
+        try:
+            self.outbox.put_setting(
+                PROGRESS_KEY,
+                {
+                    "at": time.time(),
+                    "analysed_per_s": round(self._analysed_rate, 3),
+                    "frames": self.frames_analysed,
+                    "inferences": self.inferences,
+                    "uplink_connected": self.uplink.connected,
+                    "uplink_last_error": self.uplink.last_error,
+                    "detect_loop_age_s": round(time.monotonic() - self._detect_turned, 1),
+                },
+                "agent",
+            )
+        except OutboxError as exc:
+            logger.error("progress record not saved: %s", exc)
 
     def request_stop(self) -> None:
         """Ask the agent to stop (thread-safe, signal-safe)."""
@@ -641,6 +703,9 @@ class Agent:
         next_expire = time.monotonic() + 5.0  # a full database is dealt with at start
         watchdog = _watchdog_interval()
         next_watchdog = time.monotonic()
+        # A detect loop that has not turned for this long is hung: withhold the ping so
+        # systemd restarts the agent (30 s, or the whole watchdog timeout when shorter).
+        stale = min(WATCHDOG_STALE, max(5.0, 2 * watchdog)) if watchdog else WATCHDOG_STALE
         try:
             while not self.stop_event.wait(0.25 if self._heartbeat_now.is_set() else 1.0):
                 now = time.monotonic()
@@ -652,6 +717,7 @@ class Agent:
                     self._heartbeat_now.clear()
                     self._save_health()
                     self.send_heartbeat()
+                    self._note_progress(now)
                     for camera_id in self.readers:  # fresh fps, quality, frame age
                         self._publish_status(camera_id)
                     next_beat = now + self.config.heartbeat.interval  # a reload may change it
@@ -660,7 +726,7 @@ class Agent:
                     self._housekeeping()
                 if watchdog is not None and now >= next_watchdog:
                     next_watchdog = now + watchdog
-                    if now - self._detect_turned < WATCHDOG_STALE:
+                    if now - self._detect_turned < stale:
                         sd_notify("WATCHDOG=1")
                     else:
                         logger.error(
@@ -860,7 +926,7 @@ class Agent:
             logger.error("reload refused, the running config stays: %s", exc)
             for problem in exc.problems:
                 logger.error("  %s", problem)
-        sd_notify(f"READY=1\nSTATUS=running {len(self.readers)} camera(s)")
+        sd_notify(f"READY=1\nSTATUS={self._status_line()}")
 
     def _clear_status(self, camera_id: str) -> None:
         """Delete a removed camera's retained status (an empty retained message)."""

@@ -280,3 +280,77 @@ def build_pattern_model(
         ),
     )
     return out_dir
+
+
+def build_slow_model(
+    out_dir: Path, *, iterations: int, labels: Sequence[str] = DEFAULT_LABELS, input_size: int = 320
+) -> Path:
+    """The pattern detector plus a busy loop that runs only on pictures with a bright pixel.
+
+    The agent's warm-up batch is grey, so loading stays fast; a real frame with a saturated
+    patch (any channel above 0.9) makes each inference run ``iterations`` 256x256 matrix
+    products first: a detector that hangs on real input, for the watchdog test. The loop's
+    result is added as ``0 * sum`` to the output, so no optimiser can drop it.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = build_pattern_graph(labels, input_size)
+    graph = model.graph
+    (output,) = [o for o in graph.output if o.name == "output0"]
+    (last,) = [n for n in graph.node if "output0" in n.output]
+    last.output[0] = "pattern_output"
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((256, 256)) / 16).astype(np.float32)
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(weight, "slow_w"),
+            numpy_helper.from_array(np.ones((256, 256), np.float32), "slow_v0"),
+            numpy_helper.from_array(np.array(0.9, np.float32), "slow_bright"),
+            numpy_helper.from_array(np.array(iterations, np.int64), "slow_iterations"),
+            numpy_helper.from_array(np.array(True), "slow_true"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "slow_zero"),
+        ]
+    )
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["v_in", "slow_w"], ["v_mm"]),
+            helper.make_node("Tanh", ["v_mm"], ["v_out"]),
+        ],
+        "slow_body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [256, 256]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [256, 256]),
+        ],
+    )
+    graph.node.extend(
+        [
+            helper.make_node("ReduceMax", ["images"], ["slow_max"], keepdims=0),
+            helper.make_node("Greater", ["slow_max", "slow_bright"], ["slow_is_bright"]),
+            helper.make_node("Cast", ["slow_is_bright"], ["slow_flag"], to=TensorProto.INT64),
+            helper.make_node("Mul", ["slow_flag", "slow_iterations"], ["slow_trips"]),
+            helper.make_node("Loop", ["slow_trips", "slow_true", "slow_v0"], ["slow_v"], body=body),
+            helper.make_node("ReduceSum", ["slow_v"], ["slow_sum"], keepdims=0),
+            helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nothing"]),
+            helper.make_node("Add", ["pattern_output", "slow_nothing"], [output.name]),
+        ]
+    )
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(out_dir / "model.onnx"))
+    write_manifest(
+        out_dir,
+        name="mclz-synthetic-slow",
+        version="0.0.1",
+        onnx_file="model.onnx",
+        labels=labels,
+        input_width=input_size,
+        input_height=input_size,
+        license="Apache-2.0",
+        notes="Synthetic test model: the pattern detector, slowed down on bright pictures",
+    )
+    return out_dir

@@ -209,7 +209,7 @@ def test_status_of_a_stopped_agent(tmp_path: Path, model_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     state = json.loads(result.stdout)
     assert not state["running"]
-    assert state["summary"].startswith("stopped or hung (last update 2.0 h ago")
+    assert state["summary"].startswith("stopped (last update 2.0 h ago")
     assert state["uptime_s"] is None
     assert state["cameras"]["kitchen-1"]["state"] == "offline"
     assert state["cameras"]["kitchen-1"]["last_error_class"] == "refused"
@@ -219,8 +219,31 @@ def test_status_of_a_stopped_agent(tmp_path: Path, model_dir: Path) -> None:
 
     text = runner.invoke(app, ["status", "--config", str(config)])
     assert text.exit_code == 0, text.output
-    assert "stopped or hung" in text.output
+    assert "stopped (last update" in text.output
     assert "last error (refused)" in text.output
+
+
+def test_status_tells_a_hung_agent_from_a_stopped_one(tmp_path: Path, model_dir: Path) -> None:
+    """Old state but the recorded pid still alive: 'hung', not 'stopped'."""
+    config = write_config(tmp_path, "mqtt://127.0.0.1:1", model_dir)
+    db = tmp_path / "state" / "agent.db"
+    then = time.time() - 600
+    with Outbox(db) as store:
+        store.save_camera_health({"kitchen-1": {"state": "online", "since": then}}, then)
+        store.put_setting(
+            "state.run", {"pid": os.getpid(), "started_at": then - 60, "version": "x"}, "agent"
+        )
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE settings SET updated_at = ?", (then,))
+    for file in (db, db.with_name("agent.db-wal")):
+        if file.exists():
+            os.utime(file, (then, then))
+    result = runner.invoke(app, ["status", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    state = json.loads(result.stdout)
+    assert not state["running"]
+    assert state["summary"].startswith(f"hung: process {os.getpid()} alive")
+    assert state["pid_alive"] is True
 
 
 def test_status_of_a_running_agent(
@@ -258,5 +281,21 @@ def test_status_of_a_running_agent(
     assert state["running"], state
     assert state["summary"].startswith("running (state updated")
     assert state["cameras"]["kitchen-1"]["fps"] > 0
+    assert agent.proc is not None
+    assert state["pid"] == agent.proc.pid
+    assert state["pid_alive"] is True
+    assert state["uptime_s"] > 0
+    deadline = time.monotonic() + 20  # the progress record comes with each heartbeat (2 s)
+    while time.monotonic() < deadline and not state.get("analysed_per_s"):
+        time.sleep(1)
+        state = json.loads(runner.invoke(app, ["status", "-c", str(config), "--json"]).stdout)
+    assert state["analysed_per_s"] > 0, state
+    assert state["uplink_connected"] is True
+    text = runner.invoke(app, ["status", "--config", str(config)]).output
+    assert f"pid {agent.proc.pid}" in text
+    assert "frame(s)/s analysed" in text
     code, _ = agent.terminate()
     assert code == 0, agent.log[-2000:]
+    after = json.loads(runner.invoke(app, ["status", "-c", str(config), "--json"]).stdout)
+    assert not after["running"]  # its pid is gone: stopped at once, not after 30 s
+    assert after["summary"].startswith("stopped")

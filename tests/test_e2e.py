@@ -40,7 +40,7 @@ from services import (
     load_schema,
     mqtt_publish,
 )
-from synthetic_model import build_pattern_model
+from synthetic_model import build_pattern_model, build_slow_model
 
 from agent.detect import load_model_package
 
@@ -377,6 +377,68 @@ def test_systemd_notify_ready_watchdog_stopping(
     assert received[0] == "READY=1", received
     assert received.count("WATCHDOG=1") >= 2
     assert "STOPPING=1" in received
+
+
+def notifications(sock: socket.socket, until: float) -> list[tuple[float, str]]:
+    """Every line received on the notify socket until ``until``, with its arrival time."""
+    out: list[tuple[float, str]] = []
+    while time.monotonic() < until:
+        try:
+            data = sock.recv(4096)
+        except TimeoutError:
+            continue
+        now = time.monotonic()
+        out.extend((now, line) for line in data.decode().splitlines())
+    return out
+
+
+def test_watchdog_pings_stop_while_the_detector_hangs(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    tmp_path: Path,
+    agents: list[AgentProcess],
+) -> None:
+    """A detector stuck in one inference: STATUS goes on (heartbeats), WATCHDOG=1 stops."""
+    from agent.detect import Detector  # noqa: PLC0415
+
+    # Calibrate the busy loop on this machine: one inference on a bright frame takes ~30 s.
+    probe_dir = build_slow_model(tmp_path / "probe", iterations=400)
+    bright = np.zeros((360, 640, 3), np.uint8)
+    bright[100:200, 100:200] = (255, 0, 255)
+    detector = Detector(load_model_package(probe_dir), backend="onnxruntime", threads=1)
+    started = time.perf_counter()
+    detector.detect(bright)
+    per_iteration = max(1e-5, (time.perf_counter() - started) / 400)
+    model = build_slow_model(tmp_path / "slow", iterations=round(30 / per_iteration))
+
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(0.2)
+    # Magenta from frame 20 (2 s in): before it, frames are dark and inference is quick.
+    server = rtsp_server_factory({"/kitchen": clip_factory(seconds=30, squares=magenta_after(20))})
+    config = write_config(tmp_path, broker, server.url("/kitchen"), model)
+    agent = AgentProcess(
+        config, {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "4000000"}
+    ).start()
+    agents.append(agent)
+    try:
+        received = notifications(sock, time.monotonic() + 30)
+    finally:
+        sock.close()
+    pings = [t for t, line in received if line == "WATCHDOG=1"]
+    statuses = [t for t, line in received if line.startswith("STATUS=")]
+    assert pings, agent.log[-3000:]
+    assert any(line == "READY=1" for _, line in received)
+    gaps = [(b - a, a, b) for a, b in zip(pings, [*pings[1:], time.monotonic()], strict=True)]
+    longest, gap_start, gap_end = max(gaps)
+    # systemd would have restarted the agent: no ping for over twice WatchdogSec (4 s) ...
+    assert longest > 8, (gaps, agent.log[-3000:])
+    # ... while the health thread went on (STATUS lines with each 2 s heartbeat).
+    assert sum(1 for t in statuses if gap_start < t < gap_end) >= 2, statuses
+    assert "withholding the watchdog ping" in agent.log
+    agent.kill()
 
 
 def test_full_disk_keeps_the_alert_until_space_returns(

@@ -43,7 +43,7 @@ def test_unit_passes_systemd_analyze_verify(unit_copy: Path) -> None:
 
 
 def test_unit_exposure_is_low(unit_copy: Path) -> None:
-    """systemd's own security assessment rates the unit's exposure 3.0 or better."""
+    """systemd's own security assessment rates the unit's exposure 2.5 or better."""
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=yes", str(unit_copy)],
         capture_output=True,
@@ -53,7 +53,7 @@ def test_unit_exposure_is_low(unit_copy: Path) -> None:
     )
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout + result.stderr)
     assert match, result.stdout[-2000:] + result.stderr[-2000:]
-    assert float(match.group(1)) <= 3.0
+    assert float(match.group(1)) <= 2.5
 
 
 def test_unit_runs_as_notify_with_watchdog_and_restart() -> None:
@@ -63,7 +63,7 @@ def test_unit_runs_as_notify_with_watchdog_and_restart() -> None:
         "Type=notify",
         "WatchdogSec=",
         "Restart=always",
-        "LoadCredential=mqtt-password:",
+        "mclz-agent.service.d/credentials.conf",  # LoadCredential= lines, by service install
         "StateDirectory=mclz-agent",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
