@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -12,11 +13,20 @@ from typing import Any
 
 import pytest
 import yaml
-from services import AgentProcess, Broker, BrokerFactory, ClipFactory, RtspServerFactory, free_port
+from services import (
+    AgentProcess,
+    Broker,
+    BrokerFactory,
+    ClipFactory,
+    Pki,
+    RtspServerFactory,
+    free_port,
+)
 from synthetic_model import build_pattern_model
 from typer.testing import CliRunner
 
 from agent.cli import CHECK_FAILED, app
+from agent.doctor import check_clock
 from agent.outbox import AlertRecord, Outbox
 
 CAM_SECRET = "Doctor-Cam-S3cret"
@@ -151,6 +161,67 @@ def test_check_disk_too_full_fails(broker: Broker, model_dir: Path, tmp_path: Pa
     assert code == CHECK_FAILED
     assert checks["disk"]["verdict"] == "FAIL"
     assert [n for n, c in checks.items() if c["verdict"] == "FAIL"] == ["disk"]
+
+
+def test_check_tls_with_the_wrong_ca_fails(
+    broker_factory: BrokerFactory, test_pki: Pki, model_dir: Path, tmp_path: Path
+) -> None:
+    """A TLS broker whose certificate the configured CA did not sign: 'TLS error'."""
+    secured = broker_factory(tls=test_pki)
+    config = write_config(tmp_path, secured.url, model_dir)
+    data = yaml.safe_load(config.read_text())
+    data["mqtt"]["tls"] = {"ca_file": str(test_pki.other_ca_cert)}
+    config.write_text(yaml.safe_dump(data))
+    code, checks, _ = run_check(config, "--skip-cameras")
+    assert code == CHECK_FAILED
+    assert checks["broker"]["verdict"] == "FAIL"
+    assert "TLS error" in checks["broker"]["detail"]
+    assert "CERTIFICATE_VERIFY_FAILED" in checks["broker"]["detail"]
+    data["mqtt"]["tls"] = {"ca_file": str(test_pki.ca_cert)}
+    config.write_text(yaml.safe_dump(data))
+    code, checks, output = run_check(config, "--skip-cameras")
+    assert checks["broker"]["verdict"] == "ok", output
+    assert "TLS" in checks["broker"]["detail"]
+
+
+def test_check_silent_broker_times_out(model_dir: Path, tmp_path: Path) -> None:
+    """A port that accepts TCP but never answers CONNACK: a timeout, not a hang."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    try:
+        url = f"mqtt://127.0.0.1:{listener.getsockname()[1]}"
+        code, checks, _ = run_check(write_config(tmp_path, url, model_dir), "--skip-cameras")
+    finally:
+        listener.close()
+    assert code == CHECK_FAILED
+    assert checks["broker"]["verdict"] == "FAIL"
+    assert "timeout: no CONNACK within 5 s" in checks["broker"]["detail"]
+
+
+def test_check_clock_never_set_fails() -> None:
+    """A box whose clock says 1970 (no RTC, no NTP yet): FAIL; today: ok or warn."""
+    never_set = check_clock(now=86400.0 * 365)
+    assert never_set.verdict == "FAIL"
+    assert "the clock was never set" in never_set.detail
+    assert check_clock().verdict in {"ok", "warn"}
+
+
+def test_check_corrupt_database_fails(broker: Broker, model_dir: Path, tmp_path: Path) -> None:
+    """A database whose pages were overwritten: the database line FAILs, nothing else."""
+    config = write_config(tmp_path, broker.url, model_dir)
+    db = tmp_path / "state" / "agent.db"
+    with Outbox(db) as store:
+        for i in range(200):
+            store.enqueue("t/x", b"x" * 500, kind="heartbeat", msg_id=f"m{i}")
+    with db.open("r+b") as handle:  # keep the header, wreck the b-tree pages after it
+        handle.seek(4096)
+        handle.write(os.urandom(16384))
+    code, checks, _ = run_check(config, "--skip-cameras")
+    assert code == CHECK_FAILED
+    assert checks["database"]["verdict"] == "FAIL"
+    assert "agent.db" in checks["database"]["detail"]
+    assert [n for n, c in checks.items() if c["verdict"] == "FAIL"] == ["database"]
 
 
 def test_check_text_table(broker: Broker, model_dir: Path, tmp_path: Path) -> None:
