@@ -270,8 +270,8 @@ def init(  # noqa: PLR0917 - typer passes each option by name
     if result.backup is not None:
         typer.echo(f"kept the old config as {result.backup}")
     typer.echo(
-        f"topic root: mqtt {settings.broker_url} -> "
-        f"mclz/{settings.city}/{settings.school_id}/{settings.box_id}\n"
+        f"this box publishes under mclz/{settings.city}/{settings.school_id}/"
+        f"{settings.box_id}/ on {settings.broker_url}\n"
         "next: mclz-agent camera add NAME URL, then mclz-agent check, "
         "then mclz-agent service install"
     )
@@ -354,7 +354,7 @@ def camera_add(  # noqa: PLR0917 - typer passes each option by name
             line = _probe_line(full, transport, seconds, timeout)
         except StreamError as exc:
             problems.append(f"{role} stream: {exc}")
-            typer.echo(f"FAIL  {role:<6} {redact_url(stream)}: {exc}", err=True)
+            typer.echo(f"FAIL  {role:<6} {exc}", err=True)  # the message names the URL
             continue
         typer.echo(f"ok    {role:<6} {redact_url(stream)}: {line}")
     if problems and not force:

@@ -576,8 +576,9 @@ def draw_zones(frame: np.ndarray, camera: CameraConfig, font: Path | None = None
     draw = ImageDraw.Draw(pil)
     face: Any = ImageFont.truetype(str(font), size) if font else ImageFont.load_default()
     for i in range(1, 10):
-        draw.text((round(i * width / 10) + 2, 2), f"{i / 10:.1f}", fill=(255, 255, 255), font=face)
-        draw.text((2, round(i * height / 10) + 2), f"{i / 10:.1f}", fill=(255, 255, 255), font=face)
+        for at in ((round(i * width / 10) + 2, 2), (2, round(i * height / 10) + 2)):
+            draw.rectangle(draw.textbbox(at, f"{i / 10:.1f}", font=face), fill=(0, 0, 0))
+            draw.text(at, f"{i / 10:.1f}", fill=(255, 255, 255), font=face)
     for (x, y), text, (b, g, r) in labels:
         box = draw.textbbox((x, y), text, font=face)
         draw.rectangle(box, fill=(0, 0, 0))
