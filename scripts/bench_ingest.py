@@ -611,13 +611,17 @@ class FloorMethod:
             return
         for frame in packet.decode():
             if cam.next_due is None or pts >= cam.next_due - slack:
-                frame.to_ndarray(format="bgr24")
-                self.tally.hit(i)
+                self.deliver(i, frame.to_ndarray(format="bgr24"))
                 cam.next_due = pts + self.interval
                 # Keep decoding this GOP only while a later sampled frame lies inside it.
                 cam.decoding = cam.next_due < cam.gop_start + self.gop_s - slack
             elif self.keyframes_only:
                 cam.decoding = False
+
+    def deliver(self, i: int, _image: np.ndarray) -> None:
+        """Hand on camera ``i``'s sampled BGR frame; here only counted (scripts/bench.py
+        subclasses it to run the detector on it)."""
+        self.tally.hit(i)
 
     def ready(self) -> bool:
         return all(self.tally.frames)
