@@ -21,6 +21,7 @@ the MQTT keepalive, so it publishes the last will 0.75 x keepalive after the box
 from __future__ import annotations
 
 import logging
+import random
 import ssl
 import threading
 import time
@@ -77,6 +78,17 @@ class TokenBucket:
         return max(0.0, (1 - self._tokens) / self.rate)
 
 
+def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
+    """The wait before reconnect ``attempt`` (0 first): exponential, capped, half jittered.
+
+    Half of each step is fixed and half random, so a thousand boxes that lost the same broker
+    at the same moment spread their reconnects over the second half of every step instead of
+    knocking all at once (paho's own backoff doubles exactly).
+    """
+    step = min(high, low * 2.0 ** min(attempt, 30))
+    return step / 2 + rng.uniform(0, step / 2)
+
+
 class Uplink:
     """One paho client, one drain thread; ``connected`` is true only after a successful CONNACK."""
 
@@ -113,6 +125,8 @@ class Uplink:
         self.connects = 0
         self.disconnects = 0
         self.last_error = ""
+        self._attempts = 0  # reconnects since the last successful connection
+        self._rng = random.Random()  # noqa: S311 - jitter, not security
         self._client = self._build_client()
         self._bucket = TokenBucket(config.mqtt.max_rate)
         self._thread = threading.Thread(target=self._drain_loop, name="uplink-drain", daemon=True)
@@ -225,6 +239,9 @@ class Uplink:
             except (RuntimeError, ValueError) as exc:
                 logger.warning("uplink: offline availability not confirmed: %s", exc)
         self._client.disconnect()
+        # paho's network thread turns once more after DISCONNECT and logs "not connected"
+        # at ERROR on most clean stops: nothing is wrong by then, so stop listening to it.
+        self._client.disable_logger()
         self._client.loop_stop()
 
     # ------------------------------------------------------------------ callbacks (paho thread)
@@ -240,8 +257,10 @@ class Uplink:
         if reason_code.is_failure:
             self.last_error = f"connect refused: {reason_code}"
             logger.error("uplink: broker refused the connection: %s", reason_code)
+            self._back_off()
             return
         self.connects += 1
+        self._attempts = 0
         logger.info(
             "uplink: connected (session present: %s)", getattr(flags, "session_present", False)
         )
@@ -258,7 +277,18 @@ class Uplink:
         self._connected.set()
         self._wake.set()
 
+    def _back_off(self) -> None:
+        """Set paho's next reconnect wait to our jittered, growing delay."""
+        cfg = self.config.mqtt
+        delay = backoff_delay(self._attempts, cfg.reconnect_min, cfg.reconnect_max, self._rng)
+        self._attempts += 1
+        # paho waits min_delay after this call (its own doubling restarts from it).
+        self._client.reconnect_delay_set(
+            min_delay=max(1, round(delay)), max_delay=max(1, round(delay))
+        )
+
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: object) -> None:
+        self._back_off()
         cfg = self.config.mqtt
         if self.last_error != f"cannot reach {cfg.host}:{cfg.port}":
             logger.warning("uplink: cannot reach %s:%d; retrying with backoff", cfg.host, cfg.port)
@@ -276,6 +306,7 @@ class Uplink:
         self._connected.clear()
         if not was or self._stop.is_set():
             return  # a refused or failed connect was already reported by _on_connect
+        self._back_off()
         self.disconnects += 1
         self.last_error = f"disconnected: {reason_code}"
         logger.warning("uplink: disconnected (%s); paho reconnects with backoff", reason_code)

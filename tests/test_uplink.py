@@ -329,3 +329,17 @@ def test_publish_rate_limit_spreads_a_backlog(
     # 20 may go at once (the burst), the other 40 at 20/s: at least about 2 s. Slowness of
     # the machine can only make it longer, so this bound cannot flake.
     assert got[-1].received_at - got[0].received_at >= 1.6
+
+
+def test_reconnect_backoff_grows_is_capped_and_spreads_boxes_apart() -> None:
+    """Each wait lies in the upper half of its doubling step, capped; boxes do not agree."""
+    import random  # noqa: PLC0415
+
+    from agent.uplink import backoff_delay  # noqa: PLC0415
+
+    for attempt in range(12):
+        step = min(120.0, 1.0 * 2**attempt)
+        waits = [backoff_delay(attempt, 1.0, 120.0, random.Random(seed)) for seed in range(200)]
+        assert all(step / 2 <= w <= step for w in waits), attempt
+        assert max(waits) - min(waits) > step / 4  # 200 boxes spread over the half-step
+    assert backoff_delay(10_000, 1.0, 120.0, random.Random(1)) <= 120.0
