@@ -56,6 +56,10 @@ def parse(payload: bytes, known: Mapping[str, Handler]) -> Request:
         request = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CommandError(f"payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise CommandError("payload is not usable JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise CommandError(f"payload is not usable JSON: {exc}") from None
     if not isinstance(request, dict):
         raise CommandError("payload must be a JSON object")
     rid = request.get("id")
@@ -72,7 +76,7 @@ def parse(payload: bytes, known: Mapping[str, Handler]) -> Request:
         )
         error.request_id = rid  # type: ignore[attr-defined]
         raise error
-    if command not in known:
+    if not isinstance(command, str) or command not in known:
         error = CommandError(f"unknown command {command!r} (known: {', '.join(sorted(known))})")
         error.request_id = rid  # type: ignore[attr-defined]
         raise error
@@ -128,6 +132,16 @@ class Commands:
             logger.warning("rejected command %s: %s", request_id or "(no id)", exc)
             body = contract.command_reply(
                 request_id, ok=False, msg_id=uuid.uuid4().hex, now=time.time(), error=str(exc)
+            )
+        except Exception as exc:  # the command edge: a handler bug still gets a reply
+            self.rejected += 1
+            logger.exception("command %s (%s) failed", command or "?", request_id or "(no id)")
+            body = contract.command_reply(
+                request_id,
+                ok=False,
+                msg_id=uuid.uuid4().hex,
+                now=time.time(),
+                error=f"internal error: {type(exc).__name__}",
             )
         topic = valid_response_topic(response_topic) or self.reply_topic
         try:

@@ -46,7 +46,10 @@ def parse_duration(value: object) -> object:
     if isinstance(value, bool):
         return value
     if isinstance(value, int | float):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"not a duration: a number of {len(str(value))} digits") from None
     if isinstance(value, str):
         match = _DURATION_RE.match(value)
         if match is None:
@@ -986,6 +989,15 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     seen: dict[Any, yaml.Node] = {}
     for key_node, _value_node in node.value:
         key = loader.construct_object(key_node)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"a key must be a plain value, not {type(key).__name__}",
+                key_node.start_mark,
+            ) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
@@ -1038,11 +1050,22 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return "".join(parts) or "(top level)"
 
 
-def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    # pydantic adds validator names ("function-after[...]") and union branches to locs.
-    return tuple(
-        p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function")))
-    )
+def _clean_loc(loc: tuple[int | str, ...], data: object = None) -> tuple[int | str, ...]:
+    """``loc`` without what pydantic adds (validator names like ``function-after[...]``,
+    union branches). A part that names a key or index of ``data`` (the parsed file) at that
+    depth is always kept, so a camera called ``functional-kitchen`` stays in the path."""
+    out: list[int | str] = []
+    node = data
+    for part in loc:
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
+            out.append(part)
+            node = node[part]  # type: ignore[index]
+        elif not (isinstance(part, str) and ("[" in part or part.startswith("function-"))):
+            out.append(part)
+            node = None
+    return tuple(out)
 
 
 def _message(error: Any) -> str:
@@ -1086,6 +1109,10 @@ def parse_config(text: str, source: str = "<config>") -> AgentConfig:
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -1097,7 +1124,7 @@ def parse_config(text: str, source: str = "<config>") -> AgentConfig:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            loc = _clean_loc(tuple(error["loc"]))
+            loc = _clean_loc(tuple(error["loc"]), data)
             line = _line_of(root, loc)
             where = f"{source}:{line}" if line is not None else source
             problems.append(f"{where} {_format_loc(loc)}: {_message(error)}")

@@ -172,8 +172,8 @@ class Mute:
         if (
             not isinstance(minutes, int | float)
             or isinstance(minutes, bool)
+            or not 0 <= minutes <= MAX_MUTE_MINUTES  # before isfinite: 10**309 overflows it
             or not math.isfinite(minutes)
-            or not 0 <= minutes <= MAX_MUTE_MINUTES
         ):
             raise CommandError(
                 f"'minutes' must be a number from 0 to {MAX_MUTE_MINUTES}, not {minutes!r}"

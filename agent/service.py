@@ -926,6 +926,8 @@ class Agent:
             logger.error("reload refused, the running config stays: %s", exc)
             for problem in exc.problems:
                 logger.error("  %s", problem)
+        except Exception:  # the main loop's edge: a bug in reload must not stop the agent
+            logger.exception("reload failed, the running config stays")
         sd_notify(f"READY=1\nSTATUS={self._status_line()}")
 
     def _clear_status(self, camera_id: str) -> None:
@@ -965,7 +967,7 @@ class Agent:
     def _cmd_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
         """The camera's latest analysed frame as a JPEG (base64) in the reply."""
         camera_id = args.get("camera")
-        if camera_id not in self.readers:
+        if not isinstance(camera_id, str) or camera_id not in self.readers:
             raise CommandError(f"unknown camera {camera_id!r} (known: {', '.join(self.readers)})")
         frame = self._last_frames.get(camera_id)
         if frame is None:
@@ -1081,7 +1083,10 @@ def parse_time(value: object, name: str) -> float:
         CommandError: neither.
     """
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise CommandError(f"'{name}' is not a plausible time: too large") from None
     if isinstance(value, str):
         try:
             return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
