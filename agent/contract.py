@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,23 @@ def alert(
             "topic": Topics(config).evidence(item.id),
         }
         body["evidence"] = ev
+    return body
+
+
+def alert_end_after_restart(start: Mapping[str, Any], ended_at: float) -> dict[str, Any]:
+    """The end message of an alert whose agent was killed while it ran (``agent_restart``).
+
+    Built from the stored start message; ``ended_at`` is the last moment the previous run
+    was known alive. The start's evidence image stays the alert's image (no new one).
+    """
+    body = {k: v for k, v in start.items() if k != "evidence"}
+    started = datetime.fromisoformat(str(start["started_at"]).replace("Z", "+00:00"))
+    body["id"] = f"{start['alert_id']}:end"
+    body["event"] = "end"
+    body["ts"] = utc_iso(time.time())
+    body["ended_at"] = utc_iso(ended_at)
+    body["end_reason"] = "agent_restart"
+    body["duration_s"] = round(max(0.0, ended_at - started.timestamp()), 3)
     return body
 
 

@@ -937,6 +937,15 @@ class Outbox:
             )
         return Outage(camera, row[1], until, duration, row[2], closed_by)
 
+    def open_alerts(self) -> list[tuple[str, str, float]]:
+        """Alerts without an end: (id, start payload, raised_at), oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, payload, raised_at FROM alerts WHERE ended_at IS NULL"
+                " ORDER BY raised_at"
+            )
+            return [(str(r[0]), str(r[1] or ""), float(r[2])) for r in rows.fetchall()]
+
     def close_open_outages(self, until: float, closed_by: str) -> int:
         """Close every open outage (at start: the agent cannot know what happened while down)."""
         with self._transaction() as conn:

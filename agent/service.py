@@ -21,6 +21,7 @@ when cameras change, so threads iterating over them never see one change size.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import math
 import os
@@ -1034,9 +1035,39 @@ def _open_store(config: AgentConfig, started: float) -> Outbox:
     closed = outbox.close_open_outages(started, "agent_restart")
     if closed:
         logger.info("closed %d camera outage(s) left open by the previous run", closed)
+    _end_alerts_left_open(config, outbox)
     if outbox.recovered_from is not None:
         logger.error("started a fresh database; the corrupt one is at %s", outbox.recovered_from)
     return outbox
+
+
+def _end_alerts_left_open(config: AgentConfig, outbox: Outbox) -> None:
+    """End (``agent_restart``) the alerts a killed run left running, so none stays open.
+
+    Their end time is the previous run's last progress record (written each heartbeat),
+    else the alert's own raise time: when it was last known to be going on.
+    """
+    last_alive = outbox.settings(PROGRESS_KEY).get(PROGRESS_KEY, {}).get("at")
+    topic = contract.Topics(config).alert
+    for alert_id, text, raised_at in outbox.open_alerts():
+        try:
+            start = json.loads(text)
+            ended_at = max(raised_at, float(last_alive)) if last_alive else raised_at
+            body = contract.alert_end_after_restart(start, ended_at)
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.error("alert %s left open: its stored start is unusable (%s)", alert_id, exc)
+            continue
+        outbox.record_alert_end(
+            alert_id,
+            ended_at=ended_at,
+            reason="agent_restart",
+            confidence=float(start.get("confidence", 0.0)),
+            topic=topic,
+            payload=contract.encode(body),
+        )
+        logger.warning(
+            "alert %s (%s) left running by the previous run: ended", alert_id, start.get("type")
+        )
 
 
 def _open_capture(config: AgentConfig, detector: Detector) -> Capture:

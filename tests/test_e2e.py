@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +300,59 @@ def test_kill_9_publishes_last_will_and_keeps_the_backlog(
     finally:
         watcher.close()
     assert db_rows(tmp_path, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_alert_running_at_kill_9_is_ended_at_the_next_start(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    mqtt_collector: CollectorFactory,
+    model_dir: Path,
+    tmp_path: Path,
+    agents: list[AgentProcess],
+) -> None:
+    """kill -9 during an alert: the next start sends its end (agent_restart), none stays open."""
+    # The square is on from frame 10 to the end of the 20 s clip: the alert runs for a while.
+    server = rtsp_server_factory({"/kitchen": clip_factory(seconds=20, squares=magenta_after(10))})
+    config = write_config(tmp_path, broker, server.url("/kitchen"), model_dir)
+    collector = mqtt_collector(broker.url, f"{ROOT}/alert")
+    first = AgentProcess(config).start()
+    agents.append(first)
+    started = collector.wait_for(lambda ms: len(ms) >= 1, 40)
+    start = json.loads(started[0].payload)
+    assert start["event"] == "start"
+    time.sleep(2.5)  # a heartbeat: the progress record that dates the end
+    assert first.proc is not None
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(5)
+    assert db_rows(tmp_path, "SELECT COUNT(*) FROM alerts WHERE ended_at IS NULL") == [(1,)]
+    killed_at = time.time()
+    second = AgentProcess(config).start()
+    agents.append(second)
+    ends = collector.wait_for(
+        lambda ms: any(json.loads(m.payload).get("end_reason") == "agent_restart" for m in ms), 40
+    )
+    end = next(
+        json.loads(m.payload)
+        for m in ends
+        if json.loads(m.payload).get("end_reason") == "agent_restart"
+    )
+    jsonschema.validate(end, load_schema("alert"))
+    assert (end["alert_id"], end["id"], end["event"]) == (
+        start["alert_id"],
+        f"{start['alert_id']}:end",
+        "end",
+    )
+    ended = datetime.fromisoformat(end["ended_at"].replace("Z", "+00:00")).timestamp()
+    raised = datetime.fromisoformat(start["raised_at"].replace("Z", "+00:00")).timestamp()
+    assert raised <= ended <= killed_at  # when the killed run was last known alive
+    code, _ = second.terminate()
+    assert code == 0, second.log[-3000:]
+    with sqlite3.connect(tmp_path / "state" / "agent.db") as conn:
+        row = conn.execute(
+            "SELECT end_reason FROM alerts WHERE id = ?", (start["alert_id"],)
+        ).fetchone()
+    assert row == ("agent_restart",)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
