@@ -388,6 +388,15 @@ class CameraConfig(_Model):
     offline_after: Duration = Field(
         default=60.0, ge=0, le=3600, description="no frame this long: report the camera offline"
     )
+    reconnect_max: Duration = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description=(
+            "cap of the reconnect backoff (1 s doubling, jittered): a camera back from a"
+            " reboot is read again within about this long"
+        ),
+    )
     loop: bool = Field(default=False, description="file sources only: replay from the start at end")
     picture: PictureConfig = Field(
         default_factory=PictureConfig, description="black / frozen / covered picture checks"

@@ -19,7 +19,6 @@ import enum
 import errno
 import itertools
 import logging
-import random
 import re
 import threading
 import time
@@ -34,6 +33,7 @@ import av
 import av.error
 import numpy as np
 
+from agent.backoff import Backoff
 from agent.config import CameraConfig
 from agent.errors import SecretError, StreamError
 from agent.redact import redact_text, redact_url
@@ -41,7 +41,6 @@ from agent.redact import redact_text, redact_url
 logger = logging.getLogger(__name__)
 
 BACKOFF_MIN = 1.0
-BACKOFF_MAX = 120.0
 ERROR_RING = 20
 HOUR = 3600.0
 FPS_WINDOW = 5.0  # seconds of packets behind the input fps
@@ -178,26 +177,6 @@ class Sampler:
         return self.next_due is not None and self.next_due >= next_key - self.tolerance
 
 
-class Backoff:
-    """Capped exponential backoff with jitter, reset after success."""
-
-    def __init__(self, minimum: float = BACKOFF_MIN, maximum: float = BACKOFF_MAX) -> None:
-        self.minimum = minimum
-        self.maximum = maximum
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt; grows 2x per failure up to ``maximum``."""
-        base = min(self.maximum, self.minimum * (2**self.failures))
-        self.failures += 1
-        # Full jitter on the upper half: many cameras behind one NVR don't retry in lockstep.
-        return float(base * (0.5 + random.random() / 2))  # noqa: S311 - not cryptographic
-
-    def reset(self) -> None:
-        """Forget past failures."""
-        self.failures = 0
-
-
 _URL_IN_TEXT = re.compile(r"'?[a-z][a-z0-9+.-]*://\S+")
 _STATUS_401 = re.compile(r"\b40[13]\b")
 _STATUS_404 = re.compile(r"\b404\b")
@@ -291,7 +270,7 @@ class CameraReader:
         self._emit_times: collections.deque[float] = collections.deque(maxlen=4096)
         self._reconnect_times: collections.deque[float] = collections.deque(maxlen=4096)
         self._stall_times: collections.deque[float] = collections.deque(maxlen=4096)
-        self._backoff = Backoff()
+        self._backoff = Backoff(BACKOFF_MIN, config.reconnect_max)
         self._interrupted = False  # a session failed since the last frame
         # Set by the agent's load governor: detect_interval is stretched by this factor.
         self.interval_scale = 1.0

@@ -21,7 +21,6 @@ the MQTT keepalive, so it publishes the last will 0.75 x keepalive after the box
 from __future__ import annotations
 
 import logging
-import random
 import ssl
 import threading
 import time
@@ -33,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.contract import availability_payload
 from agent.errors import SecretError, UplinkError
@@ -78,15 +78,13 @@ class TokenBucket:
         return max(0.0, (1 - self._tokens) / self.rate)
 
 
-def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
-    """The wait before reconnect ``attempt`` (0 first): exponential, capped, half jittered.
+class _NotConnectedFilter(logging.Filter):
+    """Drops paho 2.2's "Client is not connected" ERROR, logged about once a second while it
+    waits to reconnect and once after a clean DISCONNECT: the uplink reports the link's
+    state itself (disconnected, refused, cannot reach), once per change."""
 
-    Half of each step is fixed and half random, so a thousand boxes that lost the same broker
-    at the same moment spread their reconnects over the second half of every step instead of
-    knocking all at once (paho's own backoff doubles exactly).
-    """
-    step = min(high, low * 2.0 ** min(attempt, 30))
-    return step / 2 + rng.uniform(0, step / 2)
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Client is not connected")
 
 
 class Uplink:
@@ -125,8 +123,8 @@ class Uplink:
         self.connects = 0
         self.disconnects = 0
         self.last_error = ""
-        self._attempts = 0  # reconnects since the last successful connection
-        self._rng = random.Random()  # noqa: S311 - jitter, not security
+        cfg = config.mqtt
+        self._backoff = Backoff(cfg.reconnect_min, cfg.reconnect_max)
         self._client = self._build_client()
         self._bucket = TokenBucket(config.mqtt.max_rate)
         self._thread = threading.Thread(target=self._drain_loop, name="uplink-drain", daemon=True)
@@ -143,7 +141,10 @@ class Uplink:
             clean_session=None if v5 else False,
             reconnect_on_failure=True,
         )
-        client.enable_logger(logging.getLogger("agent.uplink.paho"))
+        paho_logger = logging.getLogger("agent.uplink.paho")
+        if not any(isinstance(f, _NotConnectedFilter) for f in paho_logger.filters):
+            paho_logger.addFilter(_NotConnectedFilter())
+        client.enable_logger(paho_logger)
         if cfg.username:
             password = cfg.password.resolve("mqtt.password") if cfg.password is not None else None
             client.username_pw_set(cfg.username, password)
@@ -239,9 +240,6 @@ class Uplink:
             except (RuntimeError, ValueError) as exc:
                 logger.warning("uplink: offline availability not confirmed: %s", exc)
         self._client.disconnect()
-        # paho's network thread turns once more after DISCONNECT and logs "not connected"
-        # at ERROR on most clean stops: nothing is wrong by then, so stop listening to it.
-        self._client.disable_logger()
         self._client.loop_stop()
 
     # ------------------------------------------------------------------ callbacks (paho thread)
@@ -260,7 +258,7 @@ class Uplink:
             self._back_off()
             return
         self.connects += 1
-        self._attempts = 0
+        self._backoff.reset()
         logger.info(
             "uplink: connected (session present: %s)", getattr(flags, "session_present", False)
         )
@@ -279,13 +277,9 @@ class Uplink:
 
     def _back_off(self) -> None:
         """Set paho's next reconnect wait to our jittered, growing delay."""
-        cfg = self.config.mqtt
-        delay = backoff_delay(self._attempts, cfg.reconnect_min, cfg.reconnect_max, self._rng)
-        self._attempts += 1
-        # paho waits min_delay after this call (its own doubling restarts from it).
-        self._client.reconnect_delay_set(
-            min_delay=max(1, round(delay)), max_delay=max(1, round(delay))
-        )
+        delay = self._backoff.next_delay()
+        # paho waits min_delay after this call; it takes seconds as a float at run time.
+        self._client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: object) -> None:
         self._back_off()

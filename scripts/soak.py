@@ -95,7 +95,8 @@ from services import (  # noqa: E402
 )
 from synthetic_model import build_pattern_model  # noqa: E402
 
-from agent.ingest import BACKOFF_MAX, BACKOFF_MIN  # noqa: E402
+from agent.config import CameraConfig  # noqa: E402
+from agent.ingest import BACKOFF_MIN  # noqa: E402
 
 logger = logging.getLogger("soak")
 
@@ -577,6 +578,9 @@ class AgentSupervisor:
 
 
 # --------------------------------------------------------------------------- matching rules
+
+
+BACKOFF_MAX = float(CameraConfig.model_fields["reconnect_max"].default)  # the soak keeps it
 
 
 def worst_reconnect(downtime: float) -> float:

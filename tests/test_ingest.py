@@ -17,9 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from services import ClipFactory, RtspServerFactory, free_port
 
+from agent.backoff import Backoff
 from agent.config import CameraConfig, parse_config
 from agent.ingest import (
-    Backoff,
     CameraReader,
     CameraState,
     Frame,
@@ -408,3 +408,21 @@ def test_sampler_recovers_from_clock_jumps() -> None:
 def test_error_classes_ignore_numbers_in_the_url(message: str, expected: str) -> None:
     """A port such as 40123 or 40404 in the URL never reads as an HTTP 401 or 404."""
     assert classify_error(OSError(message)) == expected
+
+
+def test_camera_reconnect_backoff_is_capped_by_its_config() -> None:
+    """cameras.<id>.reconnect_max caps the reader's waits (default 30 s, was a fixed 120 s)."""
+    wake = threading.Event()
+    default = CameraReader(
+        "c1", CameraConfig(url="rtsp://h/x"), stop=threading.Event(), slot=FrameSlot(wake)
+    )
+    capped = CameraReader(
+        "c2",
+        CameraConfig(url="rtsp://h/x", reconnect_max=7),
+        stop=threading.Event(),
+        slot=FrameSlot(wake),
+    )
+    for reader, cap in ((default, 30.0), (capped, 7.0)):
+        waits = [reader._backoff.next_delay() for _ in range(20)]
+        assert max(waits) <= cap
+        assert waits[-1] >= cap / 2  # it got there

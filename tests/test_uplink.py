@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -335,11 +336,31 @@ def test_reconnect_backoff_grows_is_capped_and_spreads_boxes_apart() -> None:
     """Each wait lies in the upper half of its doubling step, capped; boxes do not agree."""
     import random  # noqa: PLC0415
 
-    from agent.uplink import backoff_delay  # noqa: PLC0415
+    from agent.backoff import Backoff  # noqa: PLC0415
 
+    boxes = [Backoff(1.0, 120.0, random.Random(seed)) for seed in range(200)]
     for attempt in range(12):
         step = min(120.0, 1.0 * 2**attempt)
-        waits = [backoff_delay(attempt, 1.0, 120.0, random.Random(seed)) for seed in range(200)]
+        waits = [box.next_delay() for box in boxes]
         assert all(step / 2 <= w <= step for w in waits), attempt
         assert max(waits) - min(waits) > step / 4  # 200 boxes spread over the half-step
-    assert backoff_delay(10_000, 1.0, 120.0, random.Random(1)) <= 120.0
+    boxes[0].reset()
+    assert boxes[0].next_delay() <= 1.0
+
+
+def test_paho_not_connected_noise_is_not_logged_while_the_broker_is_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that is down: one warning from the uplink, no per-second paho ERROR lines."""
+    from services import free_port  # noqa: PLC0415
+
+    config = make_config(f"mqtt://127.0.0.1:{free_port()}")
+    with caplog.at_level(logging.DEBUG, logger="agent"):
+        box = Outbox(tmp_path / "box.db")
+        uplink = Uplink(config, box)
+        uplink.start()
+        time.sleep(4)
+        uplink.stop(drain_timeout=0.2)
+        box.close()
+    assert not [r for r in caplog.records if "Client is not connected" in r.getMessage()]
+    assert any("cannot reach" in r.getMessage() for r in caplog.records)
