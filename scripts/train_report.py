@@ -31,6 +31,18 @@ COLUMNS = (
 )
 
 
+def training_seconds(rows: list[dict[str, float]]) -> float:
+    """Total training time: ``time`` counts from each (re)start, so it drops at a resume;
+    add up each segment's last value."""
+    total, previous = 0.0, 0.0
+    for row in rows:
+        now = row.get("time", 0.0)
+        if now < previous:  # resumed: the previous segment ended at `previous`
+            total += previous
+        previous = now
+    return total + previous
+
+
 def read_rows(csv_path: Path) -> list[dict[str, float]]:
     """Rows of results.csv with the header's surrounding spaces stripped."""
     with csv_path.open(newline="", encoding="utf-8") as fh:
@@ -74,7 +86,7 @@ def render(run_dir: Path) -> str:
         lines += [
             "",
             f"Best overall val mAP50 so far: {best.get('metrics/mAP50(B)', 0):.3f} at epoch "
-            f"{best['epoch']:.0f}; {rows[-1].get('time', 0) / 3600:.1f} h of training.",
+            f"{best['epoch']:.0f}; {training_seconds(rows) / 3600:.1f} h of training.",
         ]
     return "\n".join(lines) + "\n"
 
