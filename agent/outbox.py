@@ -181,6 +181,15 @@ def _m011_alarms(db: sqlite_utils.Database) -> None:
     db.table("alarms").create_index(["ts"], index_name="alarms_ts")
 
 
+def _m012_supersede(db: sqlite_utils.Database) -> None:
+    # A message that only repeats the newest state (a camera status refresh) replaces an
+    # unsent one with the same key: after an hour offline a box sends 16 statuses, not 960.
+    db.execute("ALTER TABLE outbox ADD COLUMN supersede_key TEXT")
+    db.execute(
+        "CREATE INDEX outbox_supersede ON outbox (supersede_key) WHERE supersede_key IS NOT NULL"
+    )
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("001_outbox", _m001_outbox),
     ("002_alerts", _m002_alerts),
@@ -193,6 +202,7 @@ MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("009_alert_lifecycle", _m009_alert_lifecycle),
     ("010_food_refs", _m010_food_refs),
     ("011_alarms", _m011_alarms),
+    ("012_supersede", _m012_supersede),
 )
 
 
@@ -406,11 +416,23 @@ class Outbox:
         now: float,
         ttl: float,
         correlation: bytes | None = None,
+        supersede_key: str | None = None,
     ) -> None:
         conn.execute(
             "INSERT INTO outbox (id, topic, payload, qos, retain, kind, created_at, expires_at,"
-            " correlation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (msg_id, topic, payload, qos, int(retain), kind, now, now + ttl, correlation),
+            " correlation, supersede_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                msg_id,
+                topic,
+                payload,
+                qos,
+                int(retain),
+                kind,
+                now,
+                now + ttl,
+                correlation,
+                supersede_key,
+            ),
         )
 
     def enqueue(
@@ -424,8 +446,13 @@ class Outbox:
         msg_id: str | None = None,
         ttl: float | None = None,
         correlation: bytes | None = None,
+        supersede_key: str | None = None,
     ) -> str:
         """Commit one outgoing message and return its id.
+
+        With ``supersede_key``, earlier messages of the same key still in the outbox are
+        deleted in the same transaction: for messages that only repeat the newest state.
+        Messages without a key are never superseded.
 
         Raises:
             OutboxError: the write failed (disk full, I/O error).
@@ -433,6 +460,12 @@ class Outbox:
         msg_id = msg_id or uuid.uuid4().hex
         now = time.time()
         with self._transaction() as conn:
+            if supersede_key is not None:
+                gone = conn.execute(
+                    "DELETE FROM outbox WHERE supersede_key = ?", (supersede_key,)
+                ).rowcount
+                if gone:
+                    self._bump_in(conn, "superseded", gone)
             self._insert(
                 conn,
                 topic,
@@ -444,6 +477,7 @@ class Outbox:
                 now=now,
                 ttl=self.ttl if ttl is None else ttl,
                 correlation=correlation,
+                supersede_key=supersede_key,
             )
         return msg_id
 

@@ -693,6 +693,8 @@ class Agent:
                 retain=True,
                 msg_id=msg_id,
                 ttl=STATUS_TTL,
+                # A refresh only repeats the newest state: an unsent older refresh goes.
+                supersede_key=f"refresh:{camera_id}" if reason == "refresh" else None,
             )
         except OutboxError as exc:
             logger.error("camera %s: status not stored: %s", camera_id, exc)

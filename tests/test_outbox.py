@@ -257,3 +257,30 @@ def test_size_cap_evicts_telemetry_then_evidence_then_oldest_alerts(tmp_path: Pa
     assert counters["evicted_evidence"] == 30
     assert counters["evicted_alert"] == third["alert"]
     assert len(box.alerts(100)) == 30, "the local alert records are never evicted"
+
+
+def test_a_refresh_supersedes_the_unsent_one_but_never_a_transition(tmp_path: Path) -> None:
+    """Queued while offline: transitions all stay, in order; of the refreshes only the newest."""
+    with Outbox(tmp_path / "agent.db") as box:
+        topic = "mclz/hz/s/b/camera/k1/status"
+        box.enqueue(topic, b"refresh-1", kind="camera_status", supersede_key="refresh:k1")
+        box.enqueue(topic, b"offline", kind="camera_status")
+        box.enqueue(topic, b"refresh-2", kind="camera_status", supersede_key="refresh:k1")
+        box.enqueue(topic, b"online", kind="camera_status")
+        box.enqueue(topic, b"refresh-3", kind="camera_status", supersede_key="refresh:k1")
+        box.enqueue("other/k2", b"refresh-k2", kind="camera_status", supersede_key="refresh:k2")
+        assert [m.payload for m in box.due(10)] == [
+            b"offline",
+            b"online",
+            b"refresh-3",
+            b"refresh-k2",
+        ]
+        assert box.counters()["superseded"] == 2
+    with Outbox(tmp_path / "agent.db") as box:  # the key survives a restart
+        box.enqueue(topic, b"refresh-4", kind="camera_status", supersede_key="refresh:k1")
+        assert [m.payload for m in box.due(10)] == [
+            b"offline",
+            b"online",
+            b"refresh-k2",
+            b"refresh-4",
+        ]
