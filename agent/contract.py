@@ -31,7 +31,7 @@ from agent import __version__
 from agent.config import AgentConfig
 from agent.evidence import Evidence
 from agent.ingest import Transition
-from agent.outbox import Outage
+from agent.outbox import AlertRecord, Outage
 from agent.rules import Alert
 
 SCHEMA_VERSION = 1
@@ -213,6 +213,25 @@ def alert(
         }
         body["evidence"] = ev
     return body
+
+
+def alert_record(item: Alert, evidence: Evidence | None) -> AlertRecord:
+    """How an alert is kept in the box's database (its message is stored beside it)."""
+    return AlertRecord(
+        id=item.id,
+        camera=item.camera_id,
+        type=item.type,
+        severity=item.severity,
+        started_at=item.started_at,
+        raised_at=item.raised_at,
+        confidence=item.confidence,
+        detections=[
+            {"label": d.label, "confidence": d.confidence, "box": list(d.box)}
+            for d in item.detections
+        ],
+        evidence_path=str(evidence.path) if evidence is not None else None,
+        zone=item.zone,
+    )
 
 
 def alert_end_after_restart(start: Mapping[str, Any], ended_at: float) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from agent.errors import AgentError, ConfigError, OutboxError
 from agent.evidence import Evidence
 from agent.food import FoodMonitor
 from agent.ingest import CameraReader, CameraState, Frame, FrameRing, FrameSlot, Transition
-from agent.outbox import AlertRecord, Outage, Outbox
+from agent.outbox import Outage, Outbox
 from agent.picture import PictureMonitor
 from agent.redact import RedactingFilter
 from agent.rules import Alert, RuleEngine
@@ -518,21 +518,7 @@ class Agent:
         saved = self._save_evidence(alert, alert.id)
         payload = contract.encode(contract.alert(self.config, alert, saved, model=self.model_id))
         attachment = (self.topics.evidence(alert.id), saved.jpeg) if saved is not None else None
-        record = AlertRecord(
-            id=alert.id,
-            camera=alert.camera_id,
-            type=alert.type,
-            severity=alert.severity,
-            started_at=alert.started_at,
-            raised_at=alert.raised_at,
-            confidence=alert.confidence,
-            detections=[
-                {"label": d.label, "confidence": d.confidence, "box": list(d.box)}
-                for d in alert.detections
-            ],
-            evidence_path=str(saved.path) if saved is not None else None,
-            zone=alert.zone,
-        )
+        record = contract.alert_record(alert, saved)
         self.alerts_by_type[alert.type] = self.alerts_by_type.get(alert.type, 0) + 1
         topic = self.topics.alert
         # The kitchen hears it at once, whether or not the disk took the alert yet.

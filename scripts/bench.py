@@ -403,6 +403,25 @@ def _onnx_detect(a: argparse.Namespace) -> Callable[[list[Any]], object]:
     return detector.detect_batch
 
 
+def measure_loop(
+    result: ChildResult, loop: DetectLoop, a: argparse.Namespace, children: Sequence[int] = ()
+) -> None:
+    """Wait for every camera, settle, then measure ``loop`` over the window into ``result``."""
+    result.startup_s = round(_wait(lambda: all(loop.counts), result.method), 2)
+    time.sleep(2.0)
+    c0, t0, w0 = _cpu(children), time.monotonic(), time.time()
+    time.sleep(a.seconds)
+    c1, t1, w1 = _cpu(children), time.monotonic(), time.time()
+    _finish(
+        result,
+        rate=per_camera_rate(loop.times, w0, w1),
+        cpu=c1 - c0,
+        window=t1 - t0,
+        latencies=[s for at, s in loop.latencies if at >= w0],
+        cores=a.cores,
+    )
+
+
 def child_ffmpeg(a: argparse.Namespace) -> ChildResult:
     """An ffmpeg per camera decoding to BGR at 1 fps; the same detector on the newest frames."""
     import numpy as np  # noqa: PLC0415
@@ -437,21 +456,9 @@ def child_ffmpeg(a: argparse.Namespace) -> ChildResult:
         thread.start()
     loop.start()
     try:
-        result.startup_s = round(_wait(lambda: all(loop.counts), "ffmpeg"), 2)
-        time.sleep(2.0)
         pids = [p.pid for p in procs]
-        c0, t0, w0 = _cpu(pids), time.monotonic(), time.time()
-        time.sleep(a.seconds)
-        c1, t1, w1 = _cpu(pids), time.monotonic(), time.time()
+        measure_loop(result, loop, a, pids)
         rss_children = sum(_proc_status(p)[0] for p in pids)
-        _finish(
-            result,
-            rate=per_camera_rate(loop.times, w0, w1),
-            cpu=c1 - c0,
-            window=t1 - t0,
-            latencies=[s for at, s in loop.latencies if at >= w0],
-            cores=a.cores,
-        )
         result.notes.append(f"ffmpeg processes' RSS {rss_children:.0f} MB (not in rss_mb)")
         result.rss_mb = round(result.rss_mb + rss_children, 1)
     finally:
@@ -479,19 +486,7 @@ def child_floor(a: argparse.Namespace) -> ChildResult:
     method.start()
     loop.start()
     try:
-        result.startup_s = round(_wait(lambda: all(loop.counts), "floor"), 2)
-        time.sleep(2.0)
-        c0, t0, w0 = _cpu(), time.monotonic(), time.time()
-        time.sleep(a.seconds)
-        c1, t1, w1 = _cpu(), time.monotonic(), time.time()
-        _finish(
-            result,
-            rate=per_camera_rate(loop.times, w0, w1),
-            cpu=c1 - c0,
-            window=t1 - t0,
-            latencies=[s for at, s in loop.latencies if at >= w0],
-            cores=a.cores,
-        )
+        measure_loop(result, loop, a)
         result.notes += method.problems()
     finally:
         loop.stop.set()
@@ -535,19 +530,7 @@ def child_common(a: argparse.Namespace) -> ChildResult:
         thread.start()
     loop.start()
     try:
-        result.startup_s = round(_wait(lambda: all(loop.counts), "common"), 2)
-        time.sleep(2.0)
-        c0, t0, w0 = _cpu(), time.monotonic(), time.time()
-        time.sleep(a.seconds)
-        c1, t1, w1 = _cpu(), time.monotonic(), time.time()
-        _finish(
-            result,
-            rate=per_camera_rate(loop.times, w0, w1),
-            cpu=c1 - c0,
-            window=t1 - t0,
-            latencies=[s for at, s in loop.latencies if at >= w0],
-            cores=a.cores,
-        )
+        measure_loop(result, loop, a)
         import torch  # type: ignore[import-not-found]  # noqa: PLC0415
 
         result.notes.append(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -92,7 +92,7 @@ from agent import contract, evidence  # noqa: E402
 from agent.config import AgentConfig, EvidenceConfig, MqttConfig, parse_config  # noqa: E402
 from agent.detect import Detection  # noqa: E402
 from agent.ingest import grade  # noqa: E402
-from agent.outbox import AlertRecord, Outbox  # noqa: E402
+from agent.outbox import Outbox  # noqa: E402
 from agent.rules import Alert  # noqa: E402
 from agent.telemetry import ProcessCpu, clock_status, system_metrics  # noqa: E402
 from agent.uplink import Uplink  # noqa: E402
@@ -517,20 +517,7 @@ class SimBox:
             "main",
         )
         payload = contract.encode(contract.alert(self.config, alert, saved, model=material.model))
-        record = AlertRecord(
-            id=alert.id,
-            camera=alert.camera_id,
-            type=alert.type,
-            severity=alert.severity,
-            started_at=alert.started_at,
-            raised_at=alert.raised_at,
-            confidence=alert.confidence,
-            detections=[
-                {"label": d.label, "confidence": d.confidence, "box": list(d.box)}
-                for d in alert.detections
-            ],
-            evidence_path=str(saved.path),
-        )
+        record = contract.alert_record(alert, saved)
         self.outbox.record_alert(
             record, self.topics.alert, payload, (self.topics.evidence(alert.id), jpeg)
         )

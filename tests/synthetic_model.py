@@ -261,23 +261,40 @@ def build_pattern_model(
     further labels never fire. ``batch`` and ``transposed`` as in :func:`build_pattern_graph`.
     Returns ``out_dir``.
     """
+    model = build_pattern_graph(labels, input_size, batch=batch, transposed=transposed)
+    return _save_package(
+        out_dir,
+        model,
+        "mclz-synthetic-pattern",
+        labels,
+        input_size,
+        "Synthetic test model from tests/synthetic_model.py: class 0 fires on solid "
+        "magenta, class 1 on solid cyan patches; not a trained detector",
+    )
+
+
+def _save_package(
+    out_dir: Path,
+    model: onnx.ModelProto,
+    name: str,
+    labels: Sequence[str],
+    input_size: int,
+    notes: str,
+) -> Path:
+    """Write ``model.onnx`` and its manifest into ``out_dir``; return ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = build_pattern_graph(labels, input_size, batch=batch, transposed=transposed)
     onnx.save(model, str(out_dir / "model.onnx"))
     write_manifest(
         out_dir,
-        name="mclz-synthetic-pattern",
+        name=name,
         version="0.0.1",
         onnx_file="model.onnx",
         labels=labels,
         input_width=input_size,
         input_height=input_size,
         license="Apache-2.0",
-        notes=(
-            "Synthetic test model from tests/synthetic_model.py: class 0 fires on solid "
-            "magenta, class 1 on solid cyan patches; not a trained detector"
-        ),
+        notes=notes,
     )
     return out_dir
 
@@ -292,8 +309,6 @@ def build_slow_model(
     products first: a detector that hangs on real input, for the watchdog test. The loop's
     result is added as ``0 * sum`` to the output, so no optimiser can drop it.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model = build_pattern_graph(labels, input_size)
     graph = model.graph
     (output,) = [o for o in graph.output if o.name == "output0"]
@@ -341,16 +356,11 @@ def build_slow_model(
         ]
     )
     onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(out_dir / "model.onnx"))
-    write_manifest(
+    return _save_package(
         out_dir,
-        name="mclz-synthetic-slow",
-        version="0.0.1",
-        onnx_file="model.onnx",
-        labels=labels,
-        input_width=input_size,
-        input_height=input_size,
-        license="Apache-2.0",
-        notes="Synthetic test model: the pattern detector, slowed down on bright pictures",
+        model,
+        "mclz-synthetic-slow",
+        labels,
+        input_size,
+        "Synthetic test model: the pattern detector, slowed down on bright pictures",
     )
-    return out_dir
