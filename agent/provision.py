@@ -299,19 +299,11 @@ def store_secret(directory: Path, name: str, value: str) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ConfigError(f"credential name {name!r}: letters, digits, '.', '_' and '-' only")
     path = directory / name
-    tmp = path.with_name(f".{name}.tmp")
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(value.encode("utf-8") + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
+        write_atomic(path, value.encode("utf-8") + b"\n", mode=0o600)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutboxError(f"{path}: cannot store the secret: {exc.strerror}") from exc
     return path
 

@@ -460,14 +460,12 @@ class SimBox:
 
     # -------------------------------------------------------------- producing
 
-    def heartbeat(self) -> None:
-        """Commit a heartbeat and the 16 cameras' status refreshes, as the health loop does."""
-        now = time.time()
+    def snapshot_health(self, at: float) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        """The cameras' snapshots at ``at`` and the heartbeat health built from them."""
         snapshots = {
-            cid: camera_snapshot(self.rng, self.booted, now, i)
+            cid: camera_snapshot(self.rng, self.booted, at, i)
             for i, cid in enumerate(self.config.cameras)
         }
-        self.outbox.save_camera_health(snapshots, now)
         health = heartbeat_health(
             snapshots,
             self.rng,
@@ -478,6 +476,13 @@ class SimBox:
             material=self.plan.material,
             alerts=self.alerts,
         )
+        return snapshots, health
+
+    def heartbeat(self) -> None:
+        """Commit a heartbeat and the 16 cameras' status refreshes, as the health loop does."""
+        now = time.time()
+        snapshots, health = self.snapshot_health(now)
+        self.outbox.save_camera_health(snapshots, now)
         msg_id = uuid.uuid4().hex
         body = contract.heartbeat(
             self.config, msg_id, now=time.time(), started=self.started, health=health
@@ -555,20 +560,7 @@ class SimBox:
         material = self.plan.material
         now = time.time()
         start = now - minutes * 60.0
-        snapshots = {
-            cid: camera_snapshot(self.rng, self.booted, start, i)
-            for i, cid in enumerate(self.config.cameras)
-        }
-        health = heartbeat_health(
-            snapshots,
-            self.rng,
-            uplink=self.uplink,
-            outbox=self.outbox,
-            state_dir=self.state_dir,
-            cpu=self.cpu,
-            material=material,
-            alerts=self.alerts,
-        )
+        snapshots, health = self.snapshot_health(start)
         beat = contract.heartbeat(self.config, "x", now=start, started=self.started, health=health)
         statuses = {
             cid: contract.camera_status(self.config, "x", cid, snap, now=start)
@@ -1246,20 +1238,7 @@ def payload_sizes(material: Material, city: str, prefix: str, samples: int) -> d
         beats: list[bytes] = []
         statuses: list[bytes] = []
         for _ in range(samples):
-            snapshots = {
-                cid: camera_snapshot(box.rng, box.booted, now, i)
-                for i, cid in enumerate(box.config.cameras)
-            }
-            health = heartbeat_health(
-                snapshots,
-                box.rng,
-                uplink=box.uplink,
-                outbox=box.outbox,
-                state_dir=box.state_dir,
-                cpu=box.cpu,
-                material=material,
-                alerts=box.alerts,
-            )
+            snapshots, health = box.snapshot_health(now)
             beats.append(
                 contract.encode(
                     contract.heartbeat(
