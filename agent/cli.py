@@ -248,6 +248,18 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
             "--ignore-unknown", help="Skip objects of classes the agent has no label for."
         ),
     ] = False,
+    sweep: Annotated[
+        bool,
+        typer.Option(
+            "--sweep",
+            help="Also print precision/recall per class at thresholds 0.25-0.90 and the "
+            "lowest threshold reaching --precision-target (the JSON always has the sweep).",
+        ),
+    ] = False,
+    precision_target: Annotated[
+        float,
+        typer.Option(min=0.05, max=1.0, help="Precision the suggested threshold must reach."),
+    ] = 0.75,
 ) -> None:
     """Score the model on a labelled dataset: precision, recall and AP50 per class and type.
 
@@ -260,7 +272,12 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
     """
     from agent.datasets import load_dataset  # noqa: PLC0415 - keeps --help fast
     from agent.detect import Detector, load_model_package  # noqa: PLC0415
-    from agent.evaluate import DEFAULT_THRESHOLD, evaluate, render_report  # noqa: PLC0415
+    from agent.evaluate import (  # noqa: PLC0415
+        DEFAULT_THRESHOLD,
+        evaluate,
+        render_report,
+        render_sweep,
+    )
 
     def progress(done: int, total: int) -> None:
         typer.echo(f"\r{done}/{total} images", nl=done == total, err=True)
@@ -289,9 +306,17 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
     except AgentError as exc:
         fail(exc)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+        result = report.to_dict()
+        result["precision_target"] = precision_target
+        result["suggested_thresholds"] = {
+            c.label: c.suggest_threshold(precision_target) for c in report.classes
+        }
+        typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
     else:
         typer.echo(render_report(report))
+        if sweep:
+            typer.echo("")
+            typer.echo(render_sweep(report, precision_target=precision_target))
 
 
 @camera_app.command("probe")

@@ -49,6 +49,23 @@ Progress = Callable[[int, int], None]  # (images done, images in all)
 
 
 @dataclass(frozen=True)
+class SweepPoint:
+    """Precision and recall of one class if its threshold were ``threshold``."""
+
+    threshold: float
+    tp: int
+    fp: int
+    precision: float | None  # None: no detection at this threshold
+    recall: float | None  # None: no ground truth
+
+
+#: Thresholds the sweep tries: 0.25 (the agent's detection floor) to 0.90 in steps of 0.05.
+SWEEP_THRESHOLDS: Final = tuple(round(0.05 * i, 2) for i in range(5, 19))
+#: Default precision a violation class's threshold must reach in :func:`suggest_threshold`.
+DEFAULT_PRECISION_TARGET: Final = 0.75
+
+
+@dataclass(frozen=True)
 class ClassResult:
     """Scores of one agent class; ``None`` where a ratio has nothing to divide by."""
 
@@ -65,6 +82,18 @@ class ClassResult:
     # The threshold with the best F0.5 (precision weighs twice recall: an alert reaches
     # regulators and parents) among detections at CALIBRATION_FLOOR or more; None: no TP.
     calibrated: float | None = None
+    # Precision and recall at each of SWEEP_THRESHOLDS, to choose a threshold.
+    sweep: tuple[SweepPoint, ...] = ()
+
+    def suggest_threshold(self, precision_target: float) -> float | None:
+        """The lowest swept threshold whose precision reaches ``precision_target``.
+
+        None when no swept threshold does (or the class has no detections there).
+        """
+        for point in self.sweep:
+            if point.precision is not None and point.precision >= precision_target:
+                return point.threshold
+        return None
 
 
 @dataclass(frozen=True)
@@ -236,6 +265,20 @@ def calibrate(
     return None if best is None else math.floor(best[1] * 100) / 100
 
 
+def sweep_thresholds(
+    matches: Sequence[tuple[float, bool]],
+    gt: int,
+    thresholds: Sequence[float] = SWEEP_THRESHOLDS,
+) -> tuple[SweepPoint, ...]:
+    """Precision and recall of ``matches`` (confidence, hit) at each of ``thresholds``."""
+    points = []
+    for threshold in thresholds:
+        tp = sum(1 for conf, hit in matches if hit and conf >= threshold)
+        fp = sum(1 for conf, hit in matches if not hit and conf >= threshold)
+        points.append(SweepPoint(threshold, tp, fp, _ratio(tp, tp + fp), _ratio(tp, gt)))
+    return tuple(points)
+
+
 def _class_result(
     label: str, threshold: float, matches: list[tuple[float, bool]], gt: int
 ) -> ClassResult:
@@ -254,6 +297,7 @@ def _class_result(
         recall=_ratio(tp, gt),
         ap=ap,
         calibrated=calibrate(matches, gt),
+        sweep=sweep_thresholds(matches, gt),
     )
 
 
@@ -432,3 +476,32 @@ def render_report(report: EvalReport, *, max_problems: int = 10) -> str:
         if len(report.problems) > max_problems:
             lines.append(f"  ... and {len(report.problems) - max_problems} more (see --json)")
     return "\n".join(lines)
+
+
+def render_sweep(report: EvalReport, *, precision_target: float) -> str:
+    """Precision / recall per class at each swept threshold, and the suggested threshold.
+
+    The suggestion is the lowest threshold whose precision reaches ``precision_target``:
+    what the shipped manifest's violation thresholds are chosen by (MODEL_CARD.md).
+    """
+    classes = [c for c in report.classes if c.sweep]
+    if not classes:
+        return "threshold sweep: no class to sweep"
+    steps = [p.threshold for p in classes[0].sweep]
+    lines = [
+        f"threshold sweep: precision / recall at each threshold; 'suggest' is the lowest "
+        f"with precision >= {precision_target:.2f}",
+        f"{'class':<18} {'now':>5} {'suggest':>7}  " + " ".join(f"{s:>9.2f}" for s in steps),
+    ]
+    for c in classes:
+        suggested = c.suggest_threshold(precision_target)
+        cells = " ".join(f"{_fmt2(p.precision)}/{_fmt2(p.recall):>4}".rjust(9) for p in c.sweep)
+        lines.append(
+            f"{c.label:<18} {c.threshold:>5.2f} "
+            f"{'-' if suggested is None else f'{suggested:.2f}':>7}  {cells}"
+        )
+    return "\n".join(lines)
+
+
+def _fmt2(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

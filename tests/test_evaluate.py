@@ -30,6 +30,8 @@ from agent.evaluate import (
     evaluate,
     match_image,
     render_report,
+    render_sweep,
+    sweep_thresholds,
 )
 
 Image = npt.NDArray[np.uint8]
@@ -395,3 +397,53 @@ def test_calibrate_picks_the_best_f_half_threshold() -> None:
     assert calibrate(matches, gt=0) is None
     # A threshold is rounded down so the detection it came from still passes it.
     assert calibrate([(0.876, True)], gt=1) == 0.87
+
+
+def test_sweep_counts_each_threshold_and_suggests_the_lowest_precise_one() -> None:
+    """The sweep gives TP/FP, precision and recall at each threshold, counted by hand; the
+    suggestion is the lowest threshold that reaches the precision target, or None."""
+    from agent.evaluate import ClassResult  # noqa: PLC0415
+
+    matches = [(0.92, True), (0.81, True), (0.66, False), (0.58, True), (0.41, False), (0.3, True)]
+    points = sweep_thresholds(matches, gt=5, thresholds=(0.3, 0.45, 0.6, 0.7, 0.95))
+    assert [(p.threshold, p.tp, p.fp) for p in points] == [
+        (0.3, 4, 2),
+        (0.45, 3, 1),
+        (0.6, 2, 1),
+        (0.7, 2, 0),
+        (0.95, 0, 0),
+    ]
+    assert points[0].precision == pytest.approx(4 / 6)
+    assert points[1].recall == pytest.approx(3 / 5)
+    assert points[4].precision is None  # nothing detected at 0.95
+    result = ClassResult("face_no_mask", 0.5, 5, 6, 3, 1, 2, 0.75, 0.6, 0.7, sweep=points)
+    assert result.suggest_threshold(0.75) == 0.45
+    assert result.suggest_threshold(0.9) == 0.7
+    assert result.suggest_threshold(1.01) is None
+    assert sweep_thresholds(matches, gt=0, thresholds=(0.5,))[0].recall is None
+
+
+def test_cli_sweep_prints_the_table_and_json_suggests(
+    package_dir: Path, detector: Detector, yolo_dataset: Path
+) -> None:
+    """--sweep adds a table row per class with the suggestion the JSON also carries, and
+    both agree with evaluate()'s own sweep."""
+    args = ["model", "eval", "--data", str(yolo_dataset), "--model", str(package_dir)]
+    text = runner.invoke(app, [*args, "--sweep", "--precision-target", "0.9"])
+    assert text.exit_code == 0, text.output
+    as_json = runner.invoke(app, [*args, "--json", "--precision-target", "0.9"])
+    data = json.loads(as_json.stdout)
+    report = evaluate(
+        detector, load_dataset(yolo_dataset), thresholds=THRESHOLDS, violations=VIOLATIONS
+    )
+    assert "lowest with precision >= 0.90" in text.stdout
+    sweep_lines = text.stdout.split("threshold sweep:", 1)[1].splitlines()
+    assert data["precision_target"] == 0.9
+    for c in report.classes:
+        suggested = c.suggest_threshold(0.9)
+        assert data["suggested_thresholds"][c.label] == suggested
+        row = next(line for line in sweep_lines if line.startswith(f"{c.label} "))
+        assert row.split()[2] == ("-" if suggested is None else f"{suggested:.2f}")
+        assert len(row.split()) == 3 + len(c.sweep)
+    assert render_sweep(report, precision_target=0.9) in text.stdout
+    assert any(c.suggest_threshold(0.9) is not None for c in report.classes)
