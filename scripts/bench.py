@@ -721,7 +721,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(table_row(point), flush=True)
                     if not point.kept_up:
                         break
-            notes = sorted({f"{p.method} N={p.cameras}: {n}" for p in mine for n in p.notes})
+            # In run order (method, then N), each note once.
+            notes = list(
+                dict.fromkeys(f"{p.method} N={p.cameras}: {n}" for p in mine for n in p.notes)
+            )
             if notes:
                 print("\n" + "\n".join(f"- {n}" for n in notes))
             summary[profile.name] = summarize(mine)
