@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -30,6 +30,9 @@ from pydantic import (
 
 from agent.errors import ConfigError, SecretError
 from agent.redact import register_secret, with_password
+
+if TYPE_CHECKING:
+    from agent.detect import View
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _ID_RE = re.compile(ID_PATTERN)
@@ -343,6 +346,53 @@ class GatingConfig(_Model):
     )
 
 
+class ViewConfig(_Model):
+    """What part of the picture the detector sees, and in how many tiles."""
+
+    crop: tuple[
+        Annotated[float, Field(ge=0, le=1)],
+        Annotated[float, Field(ge=0, le=1)],
+        Annotated[float, Field(ge=0, le=1)],
+        Annotated[float, Field(ge=0, le=1)],
+    ] = Field(
+        default=(0.0, 0.0, 1.0, 1.0),
+        description=(
+            "[x0, y0, x1, y1], 0..1 from the top-left: the part of the picture analysed,"
+            " at the model's full input size (a serving line in a third of a wide view gets"
+            " three times the detail); nothing outside it is detected"
+        ),
+    )
+    tiles: tuple[Annotated[int, Field(ge=1, le=4)], Annotated[int, Field(ge=1, le=4)]] = Field(
+        default=(1, 1),
+        description=(
+            "[columns, rows] of overlapping tiles over the crop, each analysed at the model's"
+            " full input size: [2, 2] doubles the pixels of small, far faces and heads and"
+            " costs 4x the inference (docs/performance.md)"
+        ),
+    )
+    overlap: float = Field(
+        default=0.15, ge=0, le=0.5, description="share of a tile its neighbour also covers"
+    )
+
+    def detector_view(self) -> View:
+        """This view as the detector takes it."""
+        from agent.detect import View  # noqa: PLC0415 - keeps config light to import
+
+        cols, rows = self.tiles
+        return View(self.crop, cols, rows, self.overlap)
+
+    @model_validator(mode="after")
+    def _crop_has_area(self) -> ViewConfig:
+        x0, y0, x1, y1 = self.crop
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(
+                f"crop must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1, not {list(self.crop)}"
+            )
+        if (x1 - x0) * (y1 - y0) < 0.01:
+            raise ValueError("crop is smaller than 1 % of the picture")
+        return self
+
+
 class CameraRuleConfig(_Model):
     """A camera's own values for a rule; anything unset comes from ``rules.<name>``."""
 
@@ -410,6 +460,10 @@ class CameraConfig(_Model):
     gating: GatingConfig = Field(
         default_factory=GatingConfig,
         description="skip unchanged frames, force a check now and then",
+    )
+    view: ViewConfig = Field(
+        default_factory=ViewConfig,
+        description="crop and tiles: more detail for small, far faces and heads",
     )
 
     @field_validator("zones")

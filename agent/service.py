@@ -46,7 +46,7 @@ from agent.capture import Capture, capture_directory
 from agent.commands import CommandError, Commands, Handler
 from agent.config import AgentConfig, CameraConfig, LoggingConfig, check_secrets, load_config
 from agent.control import Mute, RuleOverrides, apply_live, diff_config, effective_rules
-from agent.detect import Detection, Detector, load_model_package
+from agent.detect import Detection, Detector, View, load_model_package
 from agent.errors import AgentError, ConfigError, OutboxError
 from agent.evidence import Evidence
 from agent.food import FoodMonitor
@@ -60,6 +60,7 @@ from agent.telemetry import ProcessCpu, clock_status, system_metrics
 from agent.uplink import Uplink
 
 logger = logging.getLogger(__name__)
+WHOLE = View()  # a camera analysed whole, in one piece
 
 HEARTBEAT_TTL = 86400.0  # a heartbeat older than a day tells the platform nothing new
 STATUS_TTL = 7 * 86400.0
@@ -123,6 +124,10 @@ class Agent:
     """The running agent: build it from a config, then :meth:`run` until stopped."""
 
     _analysed_rate = 0.0  # frames analysed per second over the last heartbeat interval
+    # Per camera, rebuilt by _add_cameras / _remove_cameras (replaced, never mutated).
+    pictures: dict[str, PictureMonitor]
+    gates: dict[str, ChangeGate]
+    views: dict[str, View]  # crop and tiles
 
     def __init__(self, config: AgentConfig, config_path: Path | None = None) -> None:
         """Open the store and load the model; ``config_path`` is what a reload re-reads.
@@ -163,8 +168,7 @@ class Agent:
         self.uplink = Uplink(config, self.outbox, on_command=self.commands.handle)
         self.commands.on_reply = self.uplink.wake
         self._wake = threading.Event()
-        self.pictures: dict[str, PictureMonitor] = {}
-        self.gates: dict[str, ChangeGate] = {}
+        self.pictures, self.gates, self.views = {}, {}, {}
         self._detections: dict[str, list[Detection]] = {}  # last analysed, per camera
         self.governor = LoadGovernor(config.model.max_slowdown)
         self.readers: dict[str, CameraReader] = {}
@@ -195,7 +199,7 @@ class Agent:
     def _add_cameras(self, cameras: dict[str, CameraConfig]) -> list[CameraReader]:
         """Build readers for ``cameras`` (not started); return them."""
         slots, pictures, readers = dict(self.slots), dict(self.pictures), dict(self.readers)
-        gates = dict(self.gates)
+        gates, views = dict(self.gates), dict(self.views)
         rings, mains, stops = (
             dict(self.main_rings),
             dict(self.main_readers),
@@ -207,6 +211,7 @@ class Agent:
             slot = slots[camera_id] = FrameSlot(self._wake)
             pictures[camera_id] = PictureMonitor(camera.picture)
             gates[camera_id] = ChangeGate(camera.gating)
+            views[camera_id] = camera.view.detector_view()
             readers[camera_id] = CameraReader(
                 camera_id, camera, stop=stop, slot=slot, on_transition=self._on_transition
             )
@@ -217,7 +222,7 @@ class Agent:
                 mains[camera_id] = CameraReader(camera_id, main, stop=stop, slot=ring, role="main")
                 built.append(mains[camera_id])
         self.slots, self.pictures, self.readers = slots, pictures, readers
-        self.gates = gates
+        self.gates, self.views = gates, views
         self.main_rings, self.main_readers, self._camera_stops = rings, mains, stops
         return built
 
@@ -242,7 +247,7 @@ class Agent:
             without(self.readers),
         )
         self.main_rings, self.main_readers = without(self.main_rings), without(self.main_readers)
-        self.gates = without(self.gates)
+        self.gates, self.views = without(self.gates), without(self.views)
         self._detections = without(self._detections)
         self._camera_stops = without(self._camera_stops)
         self._last_frames = without(self._last_frames)
@@ -405,7 +410,10 @@ class Agent:
                 due.append(frame)
         if due:
             t0 = time.perf_counter()
-            results = self.detector.detect_batch([f.image for f in due])
+            views = self.views
+            results = self.detector.detect_views(
+                [f.image for f in due], [views.get(f.camera_id, WHOLE) for f in due]
+            )
             self.inference_seconds += time.perf_counter() - t0
             self.inferences += 1
             self.frames_analysed += len(due)

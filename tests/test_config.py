@@ -235,3 +235,22 @@ def test_redacted_dict_hides_secret_values(monkeypatch: pytest.MonkeyPatch) -> N
     assert data["cameras"]["k1"]["password"] == "<secret from env:CAM_PW>"
     assert "topsecret" not in repr(data)
     assert os.environ["CAM_PW"] == "topsecret"
+
+
+def test_camera_view_is_validated_where_it_is_written() -> None:
+    """A camera's view: crop corners in order and with area, 1-4 tiles each way."""
+    camera = MINIMAL + "cameras:\n  kitchen-1:\n    url: rtsp://cam/x\n    view:\n"
+    cfg = parse_config(camera + "      crop: [0.5, 0.2, 1, 1]\n      tiles: [2, 1]\n")
+    view = cfg.cameras["kitchen-1"].view
+    assert (view.crop, view.tiles, view.overlap) == ((0.5, 0.2, 1.0, 1.0), (2, 1), 0.15)
+    inverted = problems_of(camera + "      crop: [0.8, 0, 0.2, 1]\n")
+    assert len(inverted) == 1
+    assert inverted[0].startswith("agent.yaml:8 cameras.kitchen-1.view:")
+    assert "x0 < x1" in inverted[0]
+    tiny = problems_of(camera + "      crop: [0, 0, 0.05, 0.1]\n")
+    assert "smaller than 1 %" in tiny[0]
+    tiles = problems_of(camera + "      tiles: [5, 0]\n")
+    assert [p.split(" ")[1] for p in tiles] == [
+        "cameras.kitchen-1.view.tiles[0]:",
+        "cameras.kitchen-1.view.tiles[1]:",
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import shutil
 import sys
@@ -25,6 +26,7 @@ from agent.detect import (
     Detector,
     Letterbox,
     ModelPackage,
+    View,
     letterbox,
     load_model_package,
     nms,
@@ -753,3 +755,132 @@ def test_default_model_sees_masks_on_a_real_face_mask_image() -> None:
         detections = detector.detect(np.ascontiguousarray(image, dtype=np.uint8))
         found += len([d for d in detections if d.label == "face_mask"])
     assert found >= 3
+
+
+# --------------------------------------------------------------------------- views and tiles
+
+
+def grey_frame(width: int = 1920, height: int = 1080) -> Frame:
+    return np.full((height, width, 3), 90, dtype=np.uint8)
+
+
+def test_tiles_find_a_small_object_the_whole_frame_misses(detector: Detector) -> None:
+    """A 60 px patch in a 1080p frame is 10 px at the 320 px model input, too small to find;
+    in 2x2 tiles it is 18 px and found, with its box mapped back to the whole frame."""
+    frame = grey_frame()
+    square = paint(frame, MAGENTA, (1300, 700, 60, 60))
+    assert detector.detect(frame) == []
+    (found,) = detector.detect_views([frame], [View(cols=2, rows=2)])
+    assert len(found) == 1
+    assert matches(found[0], MAGENTA, square)
+    assert iou(found[0].box, square) > 0.9
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.15, 0.3])
+@pytest.mark.parametrize(("cols", "rows"), [(2, 1), (1, 2), (2, 2)])
+def test_object_on_a_tile_edge_is_reported_once_and_whole(
+    detector: Detector, cols: int, rows: int, overlap: float
+) -> None:
+    """A patch across the tile edges (the centre of the frame) is cut into parts, one per
+    tile; they are merged back into one detection covering the whole patch."""
+    frame = grey_frame()
+    square = paint(frame, MAGENTA, (860, 440, 200, 200))
+    (found,) = detector.detect_views([frame], [View(cols=cols, rows=rows, overlap=overlap)])
+    assert len(found) == 1, found
+    assert iou(found[0].box, square) > 0.9
+    assert found[0].confidence >= 0.9
+
+
+def test_separate_objects_in_neighbouring_tiles_stay_separate(detector: Detector) -> None:
+    """Two patches of the same class on either side of a tile edge, a gap between them, and a
+    patch of the other class overlapping the edge: three objects, three detections."""
+    frame = grey_frame()
+    left = paint(frame, MAGENTA, (700, 300, 200, 200))
+    right = paint(frame, MAGENTA, (1000, 300, 200, 200))
+    cyan = paint(frame, CYAN, (880, 700, 160, 160))
+    (found,) = detector.detect_views([frame], [View(cols=2, rows=1, overlap=0.15)])
+    assert len(found) == 3, found
+    assert sum(matches(d, MAGENTA, left) for d in found) == 1
+    assert sum(matches(d, MAGENTA, right) for d in found) == 1
+    assert sum(matches(d, CYAN, cyan) for d in found) == 1
+
+
+def test_crop_limits_detection_and_maps_boxes_to_the_frame(detector: Detector) -> None:
+    """Only the crop is analysed: a patch outside it is not reported; one inside is, in
+    whole-frame coordinates, and a small one becomes findable because the crop is enlarged."""
+    frame = grey_frame()
+    outside = paint(frame, MAGENTA, (100, 100, 300, 300))
+    inside = paint(frame, CYAN, (1500, 800, 70, 70))  # too small for the whole frame
+    assert [d.class_id for d in detector.detect(frame)] == [MAGENTA]
+    view = View(crop=(0.6, 0.5, 1.0, 1.0))
+    (found,) = detector.detect_views([frame], [view])
+    assert len(found) == 1
+    assert matches(found[0], CYAN, inside)
+    assert not any(iou(d.box, outside) > 0 for d in found)
+
+
+def test_views_differ_per_frame_in_one_call(detector: Detector) -> None:
+    """Frames of several cameras go through together, each with its own view; whole views
+    give exactly what detect_batch gives."""
+    small = grey_frame()
+    small_square = paint(small, MAGENTA, (300, 200, 60, 60))
+    big = grey_frame(640, 360)
+    big_square = paint(big, CYAN, (200, 100, 120, 120))
+    tiled, whole = detector.detect_views([small, big], [View(cols=2, rows=2), View()])
+    assert [matches(d, MAGENTA, small_square) for d in tiled] == [True]
+    assert whole == detector.detect_batch([big])[0]
+    assert matches(whole[0], CYAN, big_square)
+    assert detector.detect_views([big], [View()]) == detector.detect_batch([big])
+    with pytest.raises(ValueError, match="2 frame"):
+        detector.detect_views([small, big], [View()])
+
+
+def test_view_rejects_impossible_values() -> None:
+    """An empty or inverted crop, zero tiles or an overlap of a whole tile are refused."""
+    with pytest.raises(ValueError, match="crop"):
+        View(crop=(0.5, 0.0, 0.5, 1.0))
+    with pytest.raises(ValueError, match="crop"):
+        View(crop=(0.0, 0.0, 1.2, 1.0))
+    with pytest.raises(ValueError, match="tiles"):
+        View(cols=0)
+    with pytest.raises(ValueError, match="overlap"):
+        View(cols=2, overlap=1.0)
+
+
+@SETTINGS
+@given(
+    width=st.integers(1, 4000),
+    height=st.integers(1, 3000),
+    corners=st.tuples(*[st.floats(0, 1)] * 4),
+    cols=st.integers(1, 4),
+    rows=st.integers(1, 4),
+    overlap=st.floats(0, 0.5),
+)
+def test_tile_windows_cover_the_crop_inside_the_frame(
+    width: int,
+    height: int,
+    corners: tuple[float, float, float, float],
+    cols: int,
+    rows: int,
+    overlap: float,
+) -> None:
+    """For any frame, crop, tiling and overlap: cols x rows windows of at least one pixel,
+    inside the frame, neighbours touching or overlapping, together spanning the crop."""
+    x0, x1 = sorted(corners[:2])
+    y0, y1 = sorted(corners[2:])
+    if x1 - x0 < 1e-6 or y1 - y0 < 1e-6:
+        return
+    windows = View((x0, y0, x1, y1), cols, rows, overlap).windows(width, height)
+    assert len(windows) == cols * rows
+    for a, b, c, d in windows:
+        assert 0 <= a < c <= width
+        assert 0 <= b < d <= height
+    xs = [(w[0], w[2]) for w in windows[:cols]]  # first row: the column spans
+    ys = [(w[1], w[3]) for w in windows[::cols]]  # first column: the row spans
+    for spans, start, end, size in ((xs, x0, x1, width), (ys, y0, y1, height)):
+        # The crop rounded outwards to whole pixels, at least one pixel wide.
+        first = min(size - 1, math.floor(start * size))
+        assert spans[0][0] == first
+        assert spans[-1][1] == max(first + 1, min(size, math.ceil(end * size)))
+        for (_, prev_end), (next_start, _) in itertools.pairwise(spans):
+            assert next_start <= prev_end  # no gap between neighbours

@@ -772,3 +772,49 @@ def test_static_violation_is_still_caught_with_change_gating(
     starts = [a for a in payloads(collector, "alert") if a["event"] == "start"]
     assert len(starts) == 1
     assert starts[0]["duration_s"] >= 3.0  # skipped frames kept the episode going
+
+
+def test_tiled_camera_catches_a_far_violation_the_whole_view_misses(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    mqtt_collector: CollectorFactory,
+    model_dir: Path,
+    tmp_path: Path,
+    agents: list[AgentProcess],
+) -> None:
+    """One 720p stream read by two cameras: a small magenta square (a far-away bare head)
+    is under the model's reach on the camera analysed whole, and raises one alert on the
+    camera analysed in 2x2 tiles, with its box in whole-picture coordinates."""
+    far = [(0.7, 0.65, 0.065, MAGENTA)]  # 47 px of 720: 12 px at the 320 px model input
+    clip = clip_factory(width=1280, height=720, seconds=4, fps=10, gop=10, squares=lambda _i: far)
+    server = rtsp_server_factory({"/kitchen": clip})
+    config = write_config(tmp_path, broker, server.url("/kitchen"), model_dir)
+    data = yaml.safe_load(config.read_text())
+    whole = data["cameras"].pop("kitchen-1")
+    data["cameras"] = {
+        "whole": {**whole, "name": "整体"},
+        "tiled": {**whole, "name": "分块", "view": {"tiles": [2, 2]}},
+    }
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    collector = mqtt_collector(broker.url, f"{ROOT}/#")
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    collector.wait_for(lambda ms: len(ms) >= 1, 40, topic_filter=f"{ROOT}/alert")
+
+    def both_analysed(messages: list[Any]) -> bool:
+        cams = [json.loads(m.payload)["cameras"] for m in messages]
+        return any(
+            all(c.get(k, {}).get("analysed", 0) >= 8 for k in ("whole", "tiled")) for c in cams
+        )
+
+    collector.wait_for(both_analysed, 30, topic_filter=f"{ROOT}/heartbeat")
+    code, _ = agent.terminate()
+    assert code == 0, agent.log
+    starts = [a for a in payloads(collector, "alert") if a["event"] == "start"]
+    assert [a["camera"] for a in starts] == ["tiled"]
+    box = starts[0]["detections"][0]["box"]
+    half = 0.065 * 720 / 1280 / 2
+    assert box[0] == pytest.approx(0.7 - half, abs=0.01)
+    assert box[2] == pytest.approx(0.7 + half, abs=0.01)
+    assert (box[1] + box[3]) / 2 == pytest.approx(0.65, abs=0.01)
