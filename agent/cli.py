@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from agent.config import AgentConfig
+    from agent.detect import View
     from agent.food import FoodStore, ZoneState
     from agent.outbox import Outbox
 
@@ -195,6 +196,19 @@ def _eval_model_path(model: Path | None, config: Path | None) -> tuple[Path, str
     return model or settings.path, settings.backend, settings.iou_threshold
 
 
+def _parse_tiles(text: str) -> View:
+    """``COLSxROWS`` (1-4 each) as a whole-picture view; a usage error names the option."""
+    from agent.detect import View  # noqa: PLC0415
+
+    cols, sep, rows = text.lower().partition("x")
+    if not sep or not cols.strip().isdigit() or not rows.strip().isdigit():
+        raise typer.BadParameter(f"{text!r} is not COLSxROWS, e.g. 2x2", param_hint="--tiles")
+    c, r = int(cols), int(rows)
+    if not (1 <= c <= 4 and 1 <= r <= 4):
+        raise typer.BadParameter(f"{text!r}: columns and rows must be 1 to 4", param_hint="--tiles")
+    return View(cols=c, rows=r)
+
+
 @model_app.command("eval")
 def model_eval(  # noqa: PLR0917 - typer passes each option by name
     data: Annotated[
@@ -260,6 +274,13 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
         float,
         typer.Option(min=0.05, max=1.0, help="Precision the suggested threshold must reach."),
     ] = 0.75,
+    tiles: Annotated[
+        str,
+        typer.Option(
+            help="COLSxROWS tiles per image, as a camera's view.tiles (e.g. 2x2: small objects "
+            "get twice the pixels, inference costs 4x)."
+        ),
+    ] = "1x1",
 ) -> None:
     """Score the model on a labelled dataset: precision, recall and AP50 per class and type.
 
@@ -282,6 +303,7 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
     def progress(done: int, total: int) -> None:
         typer.echo(f"\r{done}/{total} images", nl=done == total, err=True)
 
+    view = _parse_tiles(tiles)
     try:
         model_path, backend, nms_iou = _eval_model_path(model, config)
         dataset = load_dataset(data, split=split, limit=limit, ignore_unknown=ignore_unknown)
@@ -302,6 +324,7 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
             iou=iou,
             default_threshold=DEFAULT_THRESHOLD if conf is None else conf,
             progress=progress if sys.stderr.isatty() else None,
+            view=None if view.is_whole else view,
         )
     except AgentError as exc:
         fail(exc)

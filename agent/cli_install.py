@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from agent.cli import DEFAULT_CONFIG, ConfigOption, app, camera_app, fail
-from agent.config import DEFAULT_CREDENTIALS_DIR, load_config
+from agent.config import DEFAULT_CREDENTIALS_DIR, CameraConfig, load_config
 from agent.errors import AgentError, ConfigError, StreamError
 
 service_app = typer.Typer(help="Install the systemd service.", no_args_is_help=True)
@@ -469,6 +469,39 @@ def camera_snapshot(
         raise typer.Exit(4)
     height, width = image.shape[:2]
     typer.echo(f"wrote {out}: {width}x{height}, {len(cam.zones)} zone(s) drawn")
+    if not main:
+        _echo_detail(cam, cfg.model.path, width, height)
+
+
+#: Face height on the stream that the hint takes as an example, and the size at the model
+#: input below which small faces are often missed (MODEL_CARD.md: a quarter of the training
+#: faces were under 16 px and recall is lowest there).
+_EXAMPLE_FACE_PX = 60
+_SMALL_AT_MODEL_PX = 16
+
+
+def _echo_detail(camera: CameraConfig, model_path: Path, width: int, height: int) -> None:
+    """How large objects of this stream reach the model, so the installer can judge tiles."""
+    from agent.detect import load_model_package  # noqa: PLC0415
+
+    try:
+        package = load_model_package(model_path)
+    except AgentError as exc:
+        typer.echo(f"(no detail estimate: {exc})")
+        return
+    view = camera.view.detector_view()
+    scale = view.scale(width, height, package.input_width, package.input_height)
+    face = _EXAMPLE_FACE_PX * scale
+    how = "whole" if view.tiles == 1 else f"in {view.cols}x{view.rows} tiles"
+    typer.echo(
+        f"detector input {package.input_width}x{package.input_height}, picture analysed {how}: "
+        f"objects reach the model at {scale:.2f}x (a {_EXAMPLE_FACE_PX} px face: {face:.0f} px)"
+    )
+    if face < _SMALL_AT_MODEL_PX:
+        typer.echo(
+            f"  faces of {_EXAMPLE_FACE_PX} px or less will often be missed: "
+            "set view.crop to the work area or view.tiles (docs/performance.md)"
+        )
 
 
 @camera_app.command("discover")

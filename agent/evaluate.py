@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.datasets import Dataset, LabelledBox, Sample
-from agent.detect import Detection, Detector
+from agent.detect import Detection, Detector, View
 from agent.rules import DEFAULT_MIN_CONFIDENCE
 
 logger = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ class EvalReport:
     detect_seconds: float  # inside Detector.detect_batch: pre-processing, inference, NMS
     batch: int
     problems: tuple[str, ...] = field(default=())
+    view: str = "whole"  # or "2x2 tiles, overlap 0.15" (Detector.detect_views)
 
     @property
     def map(self) -> float | None:
@@ -357,12 +358,14 @@ def evaluate(
     default_threshold: float = DEFAULT_THRESHOLD,
     batch: int = DEFAULT_BATCH,
     progress: Progress | None = None,
+    view: View | None = None,
 ) -> EvalReport:
     """Detect on every image of ``dataset`` and score the dataset's labelled classes.
 
     ``thresholds`` gives each label's operating threshold (``default_threshold`` for labels
     it lacks); ``violations`` maps labels to violation types for the pooled figures. Images
-    that cannot be decoded are left out and listed in the report's problems.
+    that cannot be decoded are left out and listed in the report's problems. ``view``
+    (crop and tiles) is applied to every image as the agent applies a camera's.
 
     Raises:
         ValueError: ``iou`` is not in (0, 1] or ``batch`` is below 1.
@@ -390,7 +393,12 @@ def evaluate(
             if image is not None:
                 part.append((sample, image))
         t0 = time.perf_counter()
-        results = detector.detect_batch([image for _, image in part])
+        images = [image for _, image in part]
+        results = (
+            detector.detect_batch(images)
+            if view is None
+            else detector.detect_views(images, [view] * len(images))
+        )
         detect_seconds += time.perf_counter() - t0
         for (sample, _), detections in zip(part, results, strict=True):
             for label in labelled:
@@ -418,11 +426,21 @@ def evaluate(
         detect_seconds=detect_seconds,
         batch=batch,
         problems=tuple(problems),
+        view=_describe(view),
     )
     logger.info(
         "evaluated %s on %d images of %s in %.1f s", report.model, done, report.dataset, seconds
     )
     return report
+
+
+def _describe(view: View | None) -> str:
+    if view is None or view.is_whole:
+        return "whole"
+    parts = [f"{view.cols}x{view.rows} tiles, overlap {view.overlap:g}"]
+    if view.crop != (0.0, 0.0, 1.0, 1.0):
+        parts.append("crop " + ",".join(f"{v:g}" for v in view.crop))
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- text output
@@ -437,7 +455,8 @@ def render_report(report: EvalReport, *, max_problems: int = 10) -> str:
     ap_name = "AP50" if abs(report.iou - 0.5) < 1e-9 else f"AP@{report.iou:.2f}"
     lines = [
         f"dataset  {report.dataset} ({report.layout}, {report.images} images)",
-        f"model    {report.model} ({report.backend}), match at IoU >= {report.iou:.2f}",
+        f"model    {report.model} ({report.backend}), match at IoU >= {report.iou:.2f}"
+        + ("" if report.view == "whole" else f", {report.view}"),
         "",
         f"{'class':<18} {'thresh':>6} {'gt':>6} {'tp':>6} {'fp':>6} {'fn':>6} "
         f"{'precision':>9} {'recall':>6} {ap_name:>7} {'F0.5 thr':>8}",

@@ -526,6 +526,7 @@ def remove_camera(path: Path, camera_id: str) -> tuple[AgentConfig, str | None]:
 
 
 _ZONE_COLOURS = {"zone": (80, 200, 60), "exclude": (60, 60, 230), "food": (0, 200, 255)}
+_VIEW_COLOUR = (255, 160, 0)  # BGR light blue: the crop and its tiles
 
 
 def draw_zones(frame: np.ndarray, camera: CameraConfig, font: Path | None = None) -> np.ndarray:
@@ -533,6 +534,7 @@ def draw_zones(frame: np.ndarray, camera: CameraConfig, font: Path | None = None
 
     Zones: green, exclusion areas red, food zones yellow, each labelled with its id and name,
     so an installer can read polygon coordinates (0..1 from the top-left) off the picture.
+    A crop or tiles (``view``) are outlined in blue, and what lies outside the crop is dimmed.
     """
     from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415
 
@@ -563,6 +565,18 @@ def draw_zones(frame: np.ndarray, camera: CameraConfig, font: Path | None = None
             + (" (excluded)" if zone.exclude else " (food)" if zone.food else "")
         )
         labels.append((top_left, text, colour))
+    view = camera.view.detector_view()
+    if not view.is_whole:
+        windows = view.windows(width, height)
+        left, top = min(w[0] for w in windows), min(w[1] for w in windows)
+        right, bottom = max(w[2] for w in windows), max(w[3] for w in windows)
+        shaded = (image * 0.45).astype(np.uint8)  # outside the crop: not analysed
+        shaded[top:bottom, left:right] = image[top:bottom, left:right]
+        image = shaded
+        for x0, y0, x1, y1 in windows:
+            cv2.rectangle(image, (x0, y0), (x1 - 1, y1 - 1), _VIEW_COLOUR, max(1, thickness // 2))
+        text = f"analysed: {view.cols}x{view.rows} tile(s)"
+        labels.append(((left + 4, bottom - max(14, height // 36) - 8), text, _VIEW_COLOUR))
     size = max(14, height // 36)
     pil = Image.fromarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
     draw = ImageDraw.Draw(pil)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -22,7 +24,7 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from agent.datasets import LabelledBox, load_dataset
-from agent.detect import Detection, Detector, load_model_package, write_manifest
+from agent.detect import Detection, Detector, View, load_model_package, write_manifest
 from agent.evaluate import (
     EvalReport,
     average_precision,
@@ -447,3 +449,51 @@ def test_cli_sweep_prints_the_table_and_json_suggests(
         assert len(row.split()) == 3 + len(c.sweep)
     assert render_sweep(report, precision_target=0.9) in text.stdout
     assert any(c.suggest_threshold(0.9) is not None for c in report.classes)
+
+
+def test_wide_view_copy_keeps_every_box_on_its_object(
+    detector: Detector, yolo_dataset: Path, tmp_path: Path
+) -> None:
+    """scripts/wide_view_data.py puts each picture on a canvas twice as wide and high and
+    moves its boxes with it: whole and in 2x2 tiles, the copy scores like the original."""
+    out = tmp_path / "wide"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "wide_view_data.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(yolo_dataset), "--split", "", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "6 pictures at 0.5x" in done.stdout
+    canvas = cv2.imread(str(out / "images" / "a.png"))
+    assert canvas is not None
+    assert canvas.shape[:2] == (2 * HEIGHT, 2 * WIDTH)
+    plain = by_label(
+        evaluate(detector, load_dataset(yolo_dataset), thresholds=THRESHOLDS, violations=VIOLATIONS)
+    )
+    for view in (None, View(cols=2, rows=2)):
+        wide = evaluate(
+            detector, load_dataset(out), thresholds=THRESHOLDS, violations=VIOLATIONS, view=view
+        )
+        assert by_label(wide) == plain
+    bad = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "none"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "no such folder" in bad.stderr
+
+
+def test_cli_tiles_option_is_checked(package_dir: Path, yolo_dataset: Path) -> None:
+    """--tiles takes COLSxROWS with 1-4 each; anything else is a usage error naming it."""
+    args = ["model", "eval", "--data", str(yolo_dataset), "--model", str(package_dir)]
+    ok = runner.invoke(app, [*args, "--tiles", "2x2"])
+    assert ok.exit_code == 0, ok.output
+    assert "2x2 tiles, overlap 0.15" in ok.stdout
+    for bad in ("2", "0x1", "5x1", "axb"):
+        result = runner.invoke(app, [*args, "--tiles", bad])
+        assert result.exit_code == 2, bad
+        assert "--tiles" in result.output

@@ -406,3 +406,61 @@ def test_camera_discover_answers_with_a_table_or_json() -> None:
     bad = runner.invoke(app, ["camera", "discover", "--timeout", "0.5", "--interface", "eth0"])
     assert bad.exit_code == 6
     assert "eth0" in bad.output
+
+
+def test_camera_snapshot_outlines_the_view_and_says_how_large_faces_reach_the_model(
+    rtsp_server_factory: RtspServerFactory, clip_factory: ClipFactory, tmp_path: Path
+) -> None:
+    """A crop and tiles are drawn in blue, the part not analysed is dimmed, and the output
+    tells how large a 60 px face reaches the model: small on a wide view, larger in tiles."""
+    server = rtsp_server_factory({"/cam": clip_factory(width=1280, height=720, seconds=3)})
+    config, creds = init_box(tmp_path)
+    assert add(config, creds, "k1", server.url("/cam"))[0] == 0
+    data = yaml.safe_load(config.read_text())
+    data["model"] = {"path": str(Path(__file__).resolve().parents[1] / "models" / "default")}
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    out = tmp_path / "k1.png"
+    args = ["camera", "snapshot", "k1", "-c", str(config), "-o", str(out)]
+    whole = runner.invoke(app, args)
+    assert whole.exit_code == 0, whole.output
+    # 416 / 1280 = 0.325: a 60 px face is 20 px at the model; no warning.
+    assert "picture analysed whole: objects reach the model at 0.33x (a 60 px face: 20 px)" in (
+        whole.output
+    )
+    assert "will often be missed" not in whole.output
+    plain = cv2.imread(str(out))
+    data["cameras"]["k1"]["view"] = {"crop": [0.5, 0.0, 1.0, 1.0], "tiles": [2, 1]}
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    tiled = runner.invoke(app, args)
+    assert tiled.exit_code == 0, tiled.output
+    # Tiles of the right half: 640 / 1.85 = 346 px wide, 720 high -> 416 / 720 = 0.58.
+    assert "in 2x1 tiles: objects reach the model at 0.58x (a 60 px face: 35 px)" in tiled.output
+    image = cv2.imread(str(out))
+    assert plain is not None
+    assert image is not None
+    blue = image[300:420, 639:642].reshape(-1, 3).astype(int)  # the crop's left edge, x = 640
+    assert np.any(np.all(np.abs(blue - [255, 160, 0]) < 40, axis=1))
+    # The left half is not analysed: dimmed to under half of what the plain snapshot shows.
+    assert image[100:300, 100:500].mean() < 0.6 * plain[100:300, 100:500].mean()
+
+
+def test_snapshot_warns_when_faces_reach_the_model_too_small(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A whole 1080p picture: a 60 px face is 13 px at a 416 model, and the installer is told
+    to crop or tile; 2x2 tiles make it 24 px and the warning goes."""
+    from agent.cli_install import _echo_detail  # noqa: PLC0415
+    from agent.config import CameraConfig  # noqa: PLC0415
+
+    model = Path(__file__).resolve().parents[1] / "models" / "default"
+    _echo_detail(CameraConfig(url="rtsp://cam/x"), model, 1920, 1080)
+    whole = capsys.readouterr().out
+    assert "at 0.22x (a 60 px face: 13 px)" in whole
+    assert "will often be missed: set view.crop to the work area or view.tiles" in whole
+    tiled = CameraConfig(url="rtsp://cam/x", view={"tiles": [2, 2]})
+    _echo_detail(tiled, model, 1920, 1080)
+    out = capsys.readouterr().out
+    assert "in 2x2 tiles: objects reach the model at 0.40x (a 60 px face: 24 px)" in out
+    assert "missed" not in out
+    _echo_detail(tiled, model.parent / "absent", 1920, 1080)
+    assert "(no detail estimate: " in capsys.readouterr().out
