@@ -316,6 +316,73 @@ def check_model(cfg: AgentConfig) -> Check:
     )
 
 
+#: Share of the measured inference rate the cameras may ask for before ``check`` warns: the
+#: load governor starts stretching intervals at 85 % busy, and decoding needs the rest.
+CAPACITY_WARN_SHARE = 0.7
+_CAPACITY_RUNS = 6
+
+
+def inference_demand(cfg: AgentConfig) -> tuple[float, int, int]:
+    """Inferences per second the enabled cameras ask for (tiles / detect_interval), the
+    number of enabled cameras, and how many of them are analysed in tiles."""
+    cameras = [c for c in cfg.cameras.values() if c.enabled]
+    demand = sum(c.view.tiles[0] * c.view.tiles[1] / c.detect_interval for c in cameras)
+    tiled = sum(1 for c in cameras if c.view.tiles != (1, 1))
+    return demand, len(cameras), tiled
+
+
+def check_capacity(cfg: AgentConfig) -> Check:
+    """Whether this box's inference rate covers what the cameras ask for.
+
+    Times a few single-frame inferences with the configured model, backend and threads
+    (the first, warm-up run not counted) and compares the rate with the demand of the enabled
+    cameras (tiles per analysed frame / detect_interval). Inference only: decoding takes
+    10-25 % of a core per camera on top (docs/performance.md). The agent does not fail when
+    it is short: its load governor stretches every camera's interval evenly.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    from agent.detect import Detector, load_model_package  # noqa: PLC0415
+    from agent.scheduler import HIGH as GOVERNOR_BUSY  # noqa: PLC0415 - intervals stretch above
+
+    demand, cameras, tiled = inference_demand(cfg)
+    if cameras == 0:
+        return Check("capacity", OK, "no camera enabled")
+    try:
+        detector = Detector(
+            load_model_package(cfg.model.path), backend=cfg.model.backend, threads=cfg.model.threads
+        )
+    except (AgentError, ValueError) as exc:
+        return Check("capacity", WARN, f"not measured: the model does not load ({exc})")
+    frame = np.full((720, 1280, 3), 114, dtype=np.uint8)
+    detector.detect(frame)  # warm-up: first-run allocations
+    times = []
+    for _ in range(_CAPACITY_RUNS):
+        started = time.perf_counter()
+        detector.detect(frame)
+        times.append(time.perf_counter() - started)
+    times.sort()
+    rate = 1.0 / max(1e-6, times[len(times) // 2])
+    share = demand / rate
+    detail = (
+        f"cameras ask for {demand:.1f} inference(s)/s ({cameras} camera(s)"
+        f"{f', {tiled} in tiles' if tiled else ''}); this box does {rate:.1f}/s with "
+        f"{cfg.model.threads} thread(s): {100 * share:.0f} % (inference only)"
+    )
+    if share <= CAPACITY_WARN_SHARE:
+        return Check("capacity", OK, detail)
+    if share <= GOVERNOR_BUSY:
+        outlook = "little room left for decoding"
+    else:
+        outlook = f"expect detect intervals stretched about {share / GOVERNOR_BUSY:.1f}x"
+    return Check(
+        "capacity",
+        WARN,
+        f"{detail}; {outlook}: fewer tiles, a longer detect_interval, more model.threads "
+        "or a faster box",
+    )
+
+
 def check_audio(cfg: AgentConfig) -> Check:
     """The alarm's sounder: nothing to do, aplay present (alsa), or a short test play."""
     from agent.alarm import SoundBank, make_sounder  # noqa: PLC0415
@@ -379,6 +446,7 @@ def run_checks(
         ("broker", lambda c: check_broker(c, timeout)),
         ("cameras", lambda c: check_cameras(c, probe_seconds, timeout)),
         ("model", check_model),
+        ("capacity", check_capacity),
         ("audio", check_audio),
     ]
     for name, step in steps:

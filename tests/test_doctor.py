@@ -370,3 +370,36 @@ def test_status_of_a_running_agent(
     after = json.loads(runner.invoke(app, ["status", "-c", str(config), "--json"]).stdout)
     assert not after["running"]  # its pid is gone: stopped at once, not after 30 s
     assert after["summary"].startswith("stopped")
+
+
+def test_check_capacity_compares_the_cameras_demand_with_this_box(
+    broker: Broker, model_dir: Path, tmp_path: Path
+) -> None:
+    """The capacity line counts tiles per analysed frame over each camera's interval and
+    warns when the measured inference rate cannot cover it (16 cameras in 4x4 tiles ten
+    times a second: 2,560 inferences/s, beyond any CPU)."""
+    config = write_config(tmp_path, broker.url, model_dir)
+    data = yaml.safe_load(config.read_text())
+    closed = f"rtsp://127.0.0.1:{free_port()}/x"
+    data["cameras"] = {
+        "wide": {"url": closed, "detect_interval": 0.5, "view": {"tiles": [2, 2]}},
+        "door": {"url": closed},
+        "off": {"url": closed, "enabled": False, "view": {"tiles": [4, 4]}},
+    }
+    config.write_text(yaml.safe_dump(data))
+    code, checks, output = run_check(config, "--skip-cameras")
+    assert code == 0, output
+    detail = checks["capacity"]["detail"]
+    assert detail.startswith("cameras ask for 9.0 inference(s)/s (2 camera(s), 1 in tiles)")
+    assert checks["capacity"]["verdict"] == "ok", detail  # the pattern model takes milliseconds
+    data["cameras"] = {
+        f"c{i}": {"url": closed, "detect_interval": 0.1, "view": {"tiles": [4, 4]}}
+        for i in range(16)
+    }
+    config.write_text(yaml.safe_dump(data))
+    code, checks, output = run_check(config, "--skip-cameras")
+    assert code == 0, output  # a warning, not a failure: the governor copes
+    capacity = checks["capacity"]
+    assert capacity["verdict"] == "warn"
+    assert "cameras ask for 2560.0 inference(s)/s (16 camera(s), 16 in tiles)" in capacity["detail"]
+    assert "expect detect intervals stretched about" in capacity["detail"]
