@@ -77,6 +77,7 @@ from agent.config import (
     RuleConfig,
     ScheduleWindow,
     TlsConfig,
+    ViewConfig,
     ZoneConfig,
     load_config,
     parse_config,
@@ -337,6 +338,7 @@ BASE: dict[str, Any] = {
             "zones": {"prep": {"polygon": [[0.05, 0.4], [0.6, 0.4], [0.6, 0.98]]}},
             "rules": {"no_mask": {"zones": ["prep"], "schedule": "kitchen_hours"}},
             "gating": {"enabled": True},
+            "view": {"crop": [0.0, 0.2, 1.0, 1.0], "tiles": [2, 1], "overlap": 0.15},
         }
     },
     "rules": {
@@ -357,6 +359,7 @@ MODEL_AT: dict[Loc, type[BaseModel]] = {
     ("cameras", "kitchen-1", "zones", "prep"): ZoneConfig,
     ("cameras", "kitchen-1", "rules", "no_mask"): CameraRuleConfig,
     ("cameras", "kitchen-1", "gating"): GatingConfig,
+    ("cameras", "kitchen-1", "view"): ViewConfig,
     ("rules", "no_hat"): RuleConfig,
     ("rules", "no_mask"): RuleConfig,
     ("schedules", "kitchen_hours", 0): ScheduleWindow,
