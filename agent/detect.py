@@ -61,6 +61,11 @@ DEFAULT_SCALE: Final = 1.0 / 255.0
 # Candidates kept for NMS after the confidence threshold, highest first. Bounds NMS cost when a
 # badly chosen threshold lets thousands of anchors through.
 MAX_NMS_CANDIDATES: Final = 2048
+#: Images per inference call for a model with a dynamic batch axis. On a CPU a larger batch
+#: buys almost nothing per image (0.91-1.08x, scripts/bench_detect.py) but the runtime keeps
+#: the activations of the largest batch it ever ran: 24 tiles in one call held about 670 MB
+#: more than 6 (scripts/bench.py --tiles 2x2).
+MAX_BATCH: Final = 4
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _REQUIRED_FIELDS: Final = (
@@ -930,7 +935,8 @@ class Detector:
         return self.detect_batch([frame_bgr])[0]
 
     def detect_batch(self, frames_bgr: Sequence[UInt8Array]) -> list[list[Detection]]:
-        """Detect objects in several frames, in one inference call when the batch axis allows.
+        """Detect objects in several frames, batched: calls of the model's fixed batch size, or
+        of up to MAX_BATCH frames when its batch axis is dynamic (memory stays bounded).
 
         Frames may differ in size. Returns one list per frame, in order.
 
@@ -940,11 +946,12 @@ class Detector:
         """
         if not frames_bgr:
             return []
-        chunk = self._batch_size or len(frames_bgr)
+        chunk = self._batch_size or min(len(frames_bgr), MAX_BATCH)
         results: list[list[Detection]] = []
         for start in range(0, len(frames_bgr), chunk):
             part = frames_bgr[start : start + chunk]
-            batch, geometries = self.preprocess(part, batch_size=chunk)
+            # A fixed batch axis needs the last chunk padded; a dynamic one takes it as it is.
+            batch, geometries = self.preprocess(part, batch_size=self._batch_size)
             output = self._backend.run(batch)
             results.extend(self.postprocess(output[i], geometries[i]) for i in range(len(part)))
         return results

@@ -314,6 +314,7 @@ def child_agent(a: argparse.Namespace) -> ChildResult:
             "offline_after": 30,
             "gating": {"enabled": False},
             "picture": {"enabled": False},
+            "view": {"tiles": [a.tile_cols, a.tile_rows]},
         }
         for i in range(a.cameras)
     }
@@ -557,7 +558,7 @@ def child_main(argv: Sequence[str]) -> int:
     ap.add_argument("--child", choices=METHODS, required=True)
     for name in ("profile", "url", "broker"):
         ap.add_argument(f"--{name}", default="")
-    for name in ("cameras", "width", "height", "fps", "threads"):
+    for name in ("cameras", "width", "height", "fps", "threads", "tile-cols", "tile-rows"):
         ap.add_argument(f"--{name}", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--cores", type=float, default=2)
@@ -590,6 +591,8 @@ def run_point(args: argparse.Namespace, method: str, profile: Any, url: str, n: 
     ]  # fmt: skip
     if method == "common":
         command += ["--weights", str(args.weights)]
+    if method == "agent":
+        command += ["--tile-cols", str(args.tiles[0]), "--tile-rows", str(args.tiles[1])]
     timeout = READY_TIMEOUT_S + args.seconds + 120
     try:
         done = subprocess.run(
@@ -642,7 +645,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--clips", type=Path, default=Path(tempfile.gettempdir()) / "mclz-bench")
     ap.add_argument("--clip-seconds", type=float, default=24.0)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument(
+        "--tiles",
+        default="1x1",
+        help="COLSxROWS: the agent's cameras analysed in tiles (view.tiles)",
+    )
     args = ap.parse_args(argv)
+    cols, _, rows = args.tiles.lower().partition("x")
+    if not (cols.isdigit() and rows.isdigit() and 1 <= int(cols) <= 4 and 1 <= int(rows) <= 4):
+        ap.error(f"--tiles {args.tiles!r}: expected COLSxROWS, 1-4 each, e.g. 2x2")
+    args.tiles = (int(cols), int(rows))
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(args.method_list) - set(METHODS)
     if unknown:
@@ -697,6 +709,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- one analysed frame per second per camera, {args.seconds:g} s windows, "
         f"detector threads {args.threads}, weights for 'common': {args.weights.name}"
     )
+    if args.tiles != (1, 1):
+        print(f"- the agent's cameras are analysed in {args.tiles[0]}x{args.tiles[1]} tiles")
     clips = {}
     for profile in profiles:
         clips[profile.name] = face_clip(profile, args.clips, args.clip_seconds)

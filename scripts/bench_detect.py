@@ -8,7 +8,9 @@ per second, ms per batch (median and p90 over the timed calls), the CPU cores th
 really used (process CPU time / wall time from ``resource.getrusage``, all threads) and images
 per second per core used. Configurations are measured in interleaved rounds (each round times
 every configuration once, in an order rotated per round), so a slow spell on this shared
-machine hits them all alike: compare cells of one run, not across runs.
+machine hits them all alike: compare cells of one run, not across runs. ``detect_batch`` runs
+a dynamic-batch model in calls of at most ``agent.detect.MAX_BATCH`` (4) images, so "batch 8"
+is two inference calls, as in the agent.
 
 ``--stages`` adds the older tables: letterbox, inference, decode + NMS and detect_batch in ms
 per frame at batch 1 and 4 per backend, and cv2 NMS against a numpy loop. With

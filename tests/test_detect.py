@@ -22,6 +22,7 @@ from synthetic_model import DEFAULT_LABELS, build_pattern_model
 
 from agent.detect import (
     MANIFEST_FORMAT,
+    MAX_BATCH,
     Detection,
     Detector,
     Letterbox,
@@ -407,31 +408,35 @@ def assert_same(a: list[list[Detection]], b: list[list[Detection]]) -> None:
 
 
 class CountingBackend:
-    """Wraps a real backend and counts inference calls."""
+    """Wraps a real backend and counts inference calls and their batch sizes."""
 
     def __init__(self, inner: object) -> None:
         self.inner = inner
         self.calls = 0
+        self.sizes: list[int] = []
         self.name = inner.name  # type: ignore[attr-defined]
         self.input_shape = inner.input_shape  # type: ignore[attr-defined]
 
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         self.calls += 1
+        self.sizes.append(len(batch))
         result: npt.NDArray[np.float32] = self.inner.run(batch)  # type: ignore[attr-defined]
         return result
 
 
-def test_batch_equals_single_in_one_call(package: ModelPackage) -> None:
-    """With a dynamic batch axis, detect_batch makes one inference call and returns, frame by
-    frame, what detect returns; frames may differ in size."""
+def test_batch_equals_single_in_calls_of_at_most_max_batch(package: ModelPackage) -> None:
+    """With a dynamic batch axis, detect_batch makes one inference call per MAX_BATCH frames,
+    none padded, and returns, frame by frame, what detect returns; frames may differ in size."""
     detector = Detector(package)
     assert detector.batch_size is None
     frames = squares_frames()
+    assert len(frames) == MAX_BATCH + 1
     singles = [detector.detect(f) for f in frames]
     counter = CountingBackend(detector._backend)
     detector._backend = counter
     batched = detector.detect_batch(frames)
-    assert counter.calls == 1
+    assert counter.calls == 2
+    assert counter.sizes == [MAX_BATCH, 1]
     assert_same(batched, singles)
     assert sum(len(d) for d in batched) == 4
     assert detector.detect_batch([]) == []
