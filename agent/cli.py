@@ -198,15 +198,13 @@ def _eval_model_path(model: Path | None, config: Path | None) -> tuple[Path, str
 
 def _parse_tiles(text: str) -> View:
     """``COLSxROWS`` (1-4 each) as a whole-picture view; a usage error names the option."""
-    from agent.detect import View  # noqa: PLC0415
+    from agent.detect import View, parse_tiles  # noqa: PLC0415
 
-    cols, sep, rows = text.lower().partition("x")
-    if not sep or not cols.strip().isdigit() or not rows.strip().isdigit():
-        raise typer.BadParameter(f"{text!r} is not COLSxROWS, e.g. 2x2", param_hint="--tiles")
-    c, r = int(cols), int(rows)
-    if not (1 <= c <= 4 and 1 <= r <= 4):
-        raise typer.BadParameter(f"{text!r}: columns and rows must be 1 to 4", param_hint="--tiles")
-    return View(cols=c, rows=r)
+    try:
+        cols, rows = parse_tiles(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tiles") from None
+    return View(cols=cols, rows=rows)
 
 
 @model_app.command("eval")

@@ -542,6 +542,14 @@ class Letterbox:
     pad_top: int
 
 
+def check_frame(frame_bgr: UInt8Array) -> None:
+    """Raise ValueError unless ``frame_bgr`` is an HxWx3 uint8 array."""
+    if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+        raise ValueError(
+            f"expected an HxWx3 uint8 BGR frame, got shape {frame_bgr.shape} {frame_bgr.dtype}"
+        )
+
+
 def letterbox(
     frame_bgr: UInt8Array, width: int, height: int, out: UInt8Array | None = None
 ) -> tuple[UInt8Array, Letterbox]:
@@ -553,10 +561,7 @@ def letterbox(
     Raises:
         ValueError: the frame is not an HxWx3 uint8 array.
     """
-    if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-        raise ValueError(
-            f"expected an HxWx3 uint8 BGR frame, got shape {frame_bgr.shape} {frame_bgr.dtype}"
-        )
+    check_frame(frame_bgr)
     fh, fw = frame_bgr.shape[:2]
     if fh == 0 or fw == 0:
         raise ValueError(f"empty frame of shape {frame_bgr.shape}")
@@ -636,6 +641,7 @@ MERGE_INSIDE: Final = 0.5
 TOUCH: Final = 0.002
 
 Window = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels
+MAX_TILES: Final = 4  # tiles per row or column a camera may ask for (config and CLIs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -682,17 +688,37 @@ class View:
             for x0, y0, x1, y1 in self.windows(width, height)
         )
 
+    def bounds(self, width: int, height: int) -> Window:
+        """The crop of a ``width`` x ``height`` frame in pixels, as its tiles cover it."""
+        x0, y0, x1, y1 = self.crop
+        left, right = _span(x0, x1, width)
+        top, bottom = _span(y0, y1, height)
+        return left, top, right, bottom
+
     def windows(self, width: int, height: int) -> list[Window]:
         """The tiles of a ``width`` x ``height`` frame in pixels, row by row.
 
         Each is at least one pixel; together they cover the crop exactly.
         """
-        x0, y0, x1, y1 = self.crop
-        left, right = _span(x0, x1, width)
-        top, bottom = _span(y0, y1, height)
+        left, top, right, bottom = self.bounds(width, height)
         xs = _tile_spans(left, right, self.cols, self.overlap)
         ys = _tile_spans(top, bottom, self.rows, self.overlap)
         return [(a, b, c, d) for b, d in ys for a, c in xs]
+
+
+def parse_tiles(text: str) -> tuple[int, int]:
+    """``COLSxROWS`` (1-4 each, e.g. ``2x2``) as (columns, rows).
+
+    Raises:
+        ValueError: anything else, with the reason.
+    """
+    cols, sep, rows = text.lower().partition("x")
+    if not sep or not cols.strip().isdigit() or not rows.strip().isdigit():
+        raise ValueError(f"{text!r} is not COLSxROWS, e.g. 2x2")
+    c, r = int(cols), int(rows)
+    if not (1 <= c <= MAX_TILES and 1 <= r <= MAX_TILES):
+        raise ValueError(f"{text!r}: columns and rows must be 1 to {MAX_TILES}")
+    return c, r
 
 
 def _span(start: float, end: float, size: int) -> tuple[int, int]:
@@ -975,16 +1001,10 @@ class Detector:
         crops: list[UInt8Array] = []
         owners: list[tuple[int, Window, tuple[bool, ...]]] = []
         for i, (frame, view) in enumerate(zip(frames_bgr, views, strict=True)):
-            if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-                raise ValueError(
-                    f"expected an HxWx3 uint8 BGR frame, got shape {frame.shape} {frame.dtype}"
-                )
+            check_frame(frame)
             height, width = frame.shape[:2]
             windows = view.windows(width, height)
-            left = min(w[0] for w in windows)
-            top = min(w[1] for w in windows)
-            right = max(w[2] for w in windows)
-            bottom = max(w[3] for w in windows)
+            left, top, right, bottom = view.bounds(width, height)
             for x0, y0, x1, y1 in windows:
                 crops.append(frame[y0:y1, x0:x1])
                 inner = (x0 > left, y0 > top, x1 < right, y1 < bottom)

@@ -283,19 +283,18 @@ def sweep_thresholds(
 def _class_result(
     label: str, threshold: float, matches: list[tuple[float, bool]], gt: int
 ) -> ClassResult:
-    tp = sum(1 for conf, hit in matches if hit and conf >= threshold)
-    fp = sum(1 for conf, hit in matches if not hit and conf >= threshold)
+    (at,) = sweep_thresholds(matches, gt, (threshold,))
     ap = average_precision([c for c, _ in matches], [h for _, h in matches], gt) if gt else None
     return ClassResult(
         label=label,
         threshold=threshold,
         gt=gt,
         detections=len(matches),
-        tp=tp,
-        fp=fp,
-        fn=gt - tp,
-        precision=_ratio(tp, tp + fp),
-        recall=_ratio(tp, gt),
+        tp=at.tp,
+        fp=at.fp,
+        fn=gt - at.tp,
+        precision=at.precision,
+        recall=at.recall,
         ap=ap,
         calibrated=calibrate(matches, gt),
         sweep=sweep_thresholds(matches, gt),

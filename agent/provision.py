@@ -567,13 +567,11 @@ def draw_zones(frame: np.ndarray, camera: CameraConfig, font: Path | None = None
         labels.append((top_left, text, colour))
     view = camera.view.detector_view()
     if not view.is_whole:
-        windows = view.windows(width, height)
-        left, top = min(w[0] for w in windows), min(w[1] for w in windows)
-        right, bottom = max(w[2] for w in windows), max(w[3] for w in windows)
+        left, top, right, bottom = view.bounds(width, height)
         shaded = (image * 0.45).astype(np.uint8)  # outside the crop: not analysed
         shaded[top:bottom, left:right] = image[top:bottom, left:right]
         image = shaded
-        for x0, y0, x1, y1 in windows:
+        for x0, y0, x1, y1 in view.windows(width, height):
             cv2.rectangle(image, (x0, y0), (x1 - 1, y1 - 1), _VIEW_COLOUR, max(1, thickness // 2))
         text = f"analysed: {view.cols}x{view.rows} tile(s)"
         labels.append(((left + 4, bottom - max(14, height // 36) - 8), text, _VIEW_COLOUR))

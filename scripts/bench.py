@@ -651,10 +651,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="COLSxROWS: the agent's cameras analysed in tiles (view.tiles)",
     )
     args = ap.parse_args(argv)
-    cols, _, rows = args.tiles.lower().partition("x")
-    if not (cols.isdigit() and rows.isdigit() and 1 <= int(cols) <= 4 and 1 <= int(rows) <= 4):
-        ap.error(f"--tiles {args.tiles!r}: expected COLSxROWS, 1-4 each, e.g. 2x2")
-    args.tiles = (int(cols), int(rows))
+    from agent.detect import parse_tiles  # noqa: PLC0415 - the same parser as model eval
+
+    try:
+        args.tiles = parse_tiles(args.tiles)
+    except ValueError as exc:
+        ap.error(f"--tiles: {exc}")
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(args.method_list) - set(METHODS)
     if unknown:
