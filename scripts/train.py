@@ -65,10 +65,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset.yaml")
-    ap.add_argument("--model", default="yolo11n.yaml", help="model yaml (built from scratch)")
+    ap.add_argument(
+        "--model",
+        default="yolo11n.yaml",
+        help="model yaml (built from scratch), or a .pt checkpoint to fine-tune from"
+        " (e.g. ../shared/weights/yolo11n-coco/yolo11n_coco_rebuilt.pt)",
+    )
+    ap.add_argument(
+        "--partial-labels",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="teach each source only the classes it labels (scripts/partial_labels.py)",
+    )
     ap.add_argument("--imgsz", type=int, default=416, help="square train/val input size")
     ap.add_argument("--epochs", type=int, default=100, help="total epochs of the plan")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument(
+        "--close-mosaic",
+        type=int,
+        default=AUGMENT["close_mosaic"],
+        help="train the last N epochs on whole pictures (no mosaic)",
+    )
     ap.add_argument("--device", default="cpu", help="'cpu', or a CUDA index such as '0'")
     ap.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
     ap.add_argument("--workers", type=int, help="dataloader workers (default 0 cpu, 8 gpu)")
@@ -177,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     from ultralytics.engine import trainer as yolo_trainer  # noqa: PLC0415
     from ultralytics.utils import torch_utils  # noqa: PLC0415
 
+    if args.partial_labels:
+        import partial_labels  # noqa: PLC0415 - next to this script; patches ultralytics
+
+        partial_labels.install()
+        print("train: partial labels: each source teaches only its own classes")
     settings.update({"sync": False})  # no analytics, even if YOLO_OFFLINE gets unset
     if on_cpu:
         # ultralytics resets torch to min(8, cpus - 1) threads in select_device(): 1 on a
@@ -207,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         "project": str(args.project.resolve()),
         "name": args.name,
         "exist_ok": True,
-        "pretrained": False,
+        # A .pt model is a starting point: ultralytics 8.4 drops its weights when pretrained=False
+        # (the log must say "Transferred 493/499 items" for the COCO checkpoint).
+        "pretrained": str(args.model).endswith(".pt"),
         "plots": False,
         "cache": False if args.cache == "none" else args.cache,
         "patience": args.patience,
@@ -218,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "val": True,
         "save_period": -1,
         **AUGMENT,
+        "close_mosaic": args.close_mosaic,
     }
     if args.time:
         train_kwargs["time"] = args.time
