@@ -32,7 +32,7 @@ from agent.errors import ConfigError, SecretError
 from agent.redact import register_secret, with_password
 
 if TYPE_CHECKING:
-    from agent.detect import View
+    from agent.detect.detector import View
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _ID_RE = re.compile(ID_PATTERN)
@@ -376,7 +376,7 @@ class ViewConfig(_Model):
 
     def detector_view(self) -> View:
         """This view as the detector takes it."""
-        from agent.detect import View  # noqa: PLC0415 - keeps config light to import
+        from agent.detect.detector import View  # noqa: PLC0415 - keeps config light to import
 
         cols, rows = self.tiles
         return View(self.crop, cols, rows, self.overlap)

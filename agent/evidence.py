@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from agent.config import EvidenceConfig
 from agent.errors import OutboxError
-from agent.rules import Alert
+from agent.rules.engine import Alert
 
 logger = logging.getLogger(__name__)
 

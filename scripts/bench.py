@@ -10,7 +10,7 @@ per second per camera with the default model (``models/default``, input 416); N 
 than ``--cores``).
 
 ``agent``
-    the real agent (``agent.service.Agent``: readers, detector, rules, evidence JPEGs,
+    the real agent (``agent.service.agent.Agent``: readers, detector, rules, evidence JPEGs,
     SQLite outbox, MQTT uplink to a local mosquitto) with the rule ``no_mask`` at
     ``min_duration 0``, so each unmasked person raises an alert; frame gating is off (it
     would skip the still pictures and flatter the agent). Latency: the firing frame's decode
@@ -303,7 +303,7 @@ def child_agent(a: argparse.Namespace) -> ChildResult:
     import yaml  # noqa: PLC0415
 
     from agent.config import load_config  # noqa: PLC0415
-    from agent.service import Agent  # noqa: PLC0415
+    from agent.service.agent import Agent  # noqa: PLC0415
 
     result = ChildResult("agent", a.profile, a.cameras)
     work = Path(tempfile.mkdtemp(prefix="bench-agent-", dir=a.workdir))
@@ -398,7 +398,7 @@ def child_agent(a: argparse.Namespace) -> ChildResult:
 
 
 def _onnx_detect(a: argparse.Namespace) -> Callable[[list[Any]], object]:
-    from agent.detect import Detector, load_model_package  # noqa: PLC0415
+    from agent.detect.detector import Detector, load_model_package  # noqa: PLC0415
 
     detector = Detector(load_model_package(a.model), backend="onnxruntime", threads=a.threads)
     return detector.detect_batch
@@ -651,7 +651,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="COLSxROWS: the agent's cameras analysed in tiles (view.tiles)",
     )
     args = ap.parse_args(argv)
-    from agent.detect import parse_tiles  # noqa: PLC0415 - the same parser as model eval
+    from agent.detect.detector import parse_tiles  # noqa: PLC0415 - the same parser as model eval
 
     try:
         args.tiles = parse_tiles(args.tiles)

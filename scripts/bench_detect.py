@@ -9,7 +9,8 @@ really used (process CPU time / wall time from ``resource.getrusage``, all threa
 per second per core used. Configurations are measured in interleaved rounds (each round times
 every configuration once, in an order rotated per round), so a slow spell on this shared
 machine hits them all alike: compare cells of one run, not across runs. ``detect_batch`` runs
-a dynamic-batch model in calls of at most ``agent.detect.MAX_BATCH`` (4) images, so "batch 8"
+a dynamic-batch model in calls of at most ``agent.detect.detector.MAX_BATCH`` (4) images, so
+"batch 8"
 is two inference calls, as in the agent.
 
 ``--stages`` adds the older tables: letterbox, inference, decode + NMS and detect_batch in ms
@@ -50,7 +51,7 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.detect import Detector, ModelPackage, load_model_package, nms  # noqa: E402
+from agent.detect.detector import Detector, ModelPackage, load_model_package, nms  # noqa: E402
 
 Frame = npt.NDArray[np.uint8]
 DEFAULT_VIDEO = ROOT.parent / "shared" / "videos" / "bareheaded_people_indoor.mp4"

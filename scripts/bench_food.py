@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO / "tests"))
 import food_scenes as fs  # noqa: E402
 
 from agent.config import AgentConfig  # noqa: E402
-from agent.detect import Detection  # noqa: E402
-from agent.food import (  # noqa: E402
+from agent.detect.detector import Detection  # noqa: E402
+from agent.detect.food import (  # noqa: E402
     STATES,
     UNKNOWN,
     FoodClassifier,
@@ -41,7 +41,7 @@ from agent.food import (  # noqa: E402
     features,
     zone_crop,
 )
-from agent.rules import RuleEngine  # noqa: E402
+from agent.rules.engine import RuleEngine  # noqa: E402
 
 Blocks = list[npt.NDArray[np.float32]]
 

@@ -71,7 +71,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the project's loopback RTSP camera an
 from services import Image, RtspServer, render_scene  # noqa: E402
 
 from agent.config import CameraConfig  # noqa: E402
-from agent.ingest import CameraReader, FrameSlot  # noqa: E402
+from agent.ingest.reader import CameraReader, FrameSlot  # noqa: E402
 
 METHODS = ("agent", "opencv", "ffmpeg", "floor")
 #: The main-stream worst and best case for the agent; 720p25-gop50,720p25-gop25 on request.

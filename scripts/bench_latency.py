@@ -4,7 +4,7 @@ What runs: a clip generated here (640x360, 15 fps, a keyframe every second, a te
 scene with a moving band) in which a large magenta square is on for 2 s of every 4.2 s,
 and every frame carries its own index as a black/white barcode along the bottom edge. It is
 served by ``scripts/rtsp_server.py`` on loopback (as tests/services.py starts it, looping),
-and read by the real agent, ``agent.service.Agent``, run in this process for ``--seconds``
+and read by the real agent, ``agent.service.agent.Agent``, run in this process for ``--seconds``
 per configuration with the pattern model of tests/synthetic_model.py (input 416, class 0
 ``head_bare`` fires on magenta), one rule ``no_hat`` with ``min_duration 0``, ``end_after
 1.5 s`` and ``cooldown 1 s``, so each appearance of the
@@ -84,8 +84,8 @@ from synthetic_model import build_pattern_model  # noqa: E402
 
 import agent.evidence  # noqa: E402
 from agent.config import load_config  # noqa: E402
-from agent.rules import Alert  # noqa: E402
-from agent.service import Agent  # noqa: E402
+from agent.rules.engine import Alert  # noqa: E402
+from agent.service.agent import Agent  # noqa: E402
 
 Image = npt.NDArray[np.uint8]
 
@@ -474,7 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("libav").setLevel(logging.CRITICAL)
-    logging.getLogger("agent.uplink").setLevel(logging.ERROR)  # the broker is absent on purpose
+    logging.getLogger("agent.uplink.client").setLevel(
+        logging.ERROR
+    )  # the broker is absent on purpose
 
     clip = make_clip(work / "clip.mp4")
     model = build_pattern_model(work / "model", input_size=INPUT_SIZE)

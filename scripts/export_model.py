@@ -10,7 +10,8 @@ Steps (run from ``.venv-train``, which has ultralytics)::
    skips this, and the metrics are then taken from the checkpoint's last validation);
 3. export ONNX with ultralytics (opset 17: onnxruntime >= 1.14 and OpenVINO read it), batch
    axis dynamic, height and width fixed to the training size, then simplify with onnxslim;
-4. write ``manifest.json`` with ``agent.detect.write_manifest`` (sha256, input, labels, metrics);
+4. write ``manifest.json`` with ``agent.detect.detector.write_manifest`` (sha256, input, labels,
+   metrics);
 5. verify with the agent's own loader in the main venv (``.venv``, onnxruntime): load the
    package, run one frame of ``../shared/videos/bareheaded_people_indoor.mp4`` at batch 1 and 2,
    print the output shape and the detections.
@@ -145,7 +146,7 @@ def export(args: argparse.Namespace) -> Path:
     import torch  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415 - training venv only
     from ultralytics import YOLO  # noqa: PLC0415
 
-    from agent.detect import write_manifest  # noqa: PLC0415
+    from agent.detect.detector import write_manifest  # noqa: PLC0415
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -234,7 +235,7 @@ def verify(package_dir: Path, video: Path, threads: int = 1) -> None:
     import numpy as np  # noqa: PLC0415
     import onnxruntime as ort  # noqa: PLC0415
 
-    from agent.detect import Detector, letterbox, load_model_package  # noqa: PLC0415
+    from agent.detect.detector import Detector, letterbox, load_model_package  # noqa: PLC0415
 
     package = load_model_package(package_dir)
     cap = cv2.VideoCapture(str(video))

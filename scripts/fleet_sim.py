@@ -8,11 +8,11 @@
     .venv/bin/python scripts/fleet_sim.py --broker mqtt://10.0.0.5:1883 --broker-pid 4242
 
 Each simulated box is the agent's real store-and-forward path without cameras: a real
-``agent.outbox.Outbox`` (its own SQLite file, WAL, synchronous=FULL) drained by a real
-``agent.uplink.Uplink`` (its own client id, MQTT 5, QoS 1, persistent session, retained
+``agent.store.outbox.Outbox`` (its own SQLite file, WAL, synchronous=FULL) drained by a real
+``agent.uplink.client.Uplink`` (its own client id, MQTT 5, QoS 1, persistent session, retained
 availability with a last will, ``mqtt.max_rate`` and ``mqtt.inflight`` from the config).
 A producer thread per box stands in for the agent's health and detect threads and commits
-real payloads built with ``agent.contract``:
+real payloads built with ``agent.uplink.messages``:
 
 * a heartbeat every ``heartbeat.interval`` (60 s) with a health snapshot of 16 online
   cameras shaped like ``Agent.health()`` (the uplink, outbox, system and clock parts are
@@ -88,14 +88,15 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from services import Broker, load_schema, parse_mqtt_url  # noqa: E402
 
-from agent import contract, evidence  # noqa: E402
+from agent import evidence  # noqa: E402
 from agent.config import AgentConfig, EvidenceConfig, MqttConfig, parse_config  # noqa: E402
-from agent.detect import Detection  # noqa: E402
-from agent.ingest import grade  # noqa: E402
-from agent.outbox import Outbox  # noqa: E402
-from agent.rules import Alert  # noqa: E402
-from agent.telemetry import ProcessCpu, clock_status, system_metrics  # noqa: E402
-from agent.uplink import Uplink  # noqa: E402
+from agent.detect.detector import Detection  # noqa: E402
+from agent.ingest.reader import grade  # noqa: E402
+from agent.rules.engine import Alert  # noqa: E402
+from agent.service.telemetry import ProcessCpu, clock_status, system_metrics  # noqa: E402
+from agent.store.outbox import Outbox  # noqa: E402
+from agent.uplink import messages as contract  # noqa: E402
+from agent.uplink.client import Uplink  # noqa: E402
 
 logger = logging.getLogger("fleet_sim")
 

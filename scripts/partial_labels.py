@@ -61,7 +61,7 @@ def install() -> None:
 
         def __init__(self, model: Any) -> None:
             super().__init__(model)
-            self._plain_bce = self.bce
+            self._plain_bce: Any = self.__dict__["bce"]
             self._mask: Any = None
             self.bce = self._masked_bce
 
@@ -100,7 +100,7 @@ def install() -> None:
 
     def get_indexes(self: Any) -> list[int]:
         pool = getattr(self, "_mclz_pool", None) or range(len(self.dataset))
-        return random.choices(pool, k=self.n - 1)  # noqa: S311 - augmentation, not security
+        return random.choices(pool, k=self.n - 1)
 
     augment.Mosaic.get_params = get_params
     augment.Mosaic.get_indexes = get_indexes

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a plain script, from any directory
     sys.path.insert(0, str(REPO))
 
-from agent.datasets import AGENT_LABELS, Dataset, load_dataset, split_of  # noqa: E402
+from agent.detect.datasets import AGENT_LABELS, Dataset, load_dataset, split_of  # noqa: E402
 from agent.errors import DatasetError  # noqa: E402
 
 DEFAULT_SHARED = REPO.parent / "shared" / "datasets"
@@ -90,7 +90,7 @@ def _to_yolo_box(label: str, box: tuple[float, float, float, float]) -> Box:
 def iter_sources(shared: Path, stats: dict[str, Stats]) -> list[tuple[str, Path, list[Box]]]:
     """Return ``(source, image_path, boxes)`` for every usable image of both datasets.
 
-    Reading, polygon handling and the class mapping are ``agent.datasets``'s, the same code
+    Reading, polygon handling and the class mapping are ``agent.detect.datasets``'s, the same code
     ``mclz-agent model eval`` reads a dataset with. Objects of unknown classes are counted and
     skipped. Fills ``stats`` per source.
     """

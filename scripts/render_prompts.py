@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.alarm import PROMPT_TEXTS
+from agent.alarm.alarm import PROMPT_TEXTS
 
 OUT = Path(__file__).resolve().parents[1] / "agent" / "sounds"
 

@@ -96,7 +96,7 @@ from services import (  # noqa: E402
 from synthetic_model import build_pattern_model  # noqa: E402
 
 from agent.config import CameraConfig  # noqa: E402
-from agent.ingest import BACKOFF_MIN  # noqa: E402
+from agent.ingest.reader import BACKOFF_MIN  # noqa: E402
 
 logger = logging.getLogger("soak")
 

@@ -22,8 +22,8 @@ from typing import NoReturn
 import yaml
 
 from agent.config import AgentConfig, parse_config
-from agent.outbox import Outbox
-from agent.uplink import Uplink
+from agent.store.outbox import Outbox
+from agent.uplink.client import Uplink
 
 ROOT = "mclz/hz/s1/box-01"
 ALERT_TOPIC = f"{ROOT}/alert"

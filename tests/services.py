@@ -42,7 +42,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.datasets import split_of
+from agent.detect.datasets import split_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RTSP_SERVER_SCRIPT = REPO_ROOT / "scripts" / "rtsp_server.py"

@@ -3,7 +3,8 @@
 Until the project's trained model lands, tests need a model that really detects something so an
 alert can travel the whole path (ingest -> detect -> rules -> outbox -> MQTT). This one is built
 with ``onnx.helper`` from plain operators and follows the ``yolo`` output convention of
-``agent.detect``: input ``images`` float32 ``[B, 3, S, S]`` (RGB, 0..1, dynamic batch), output
+``agent.detect.detector``: input ``images`` float32 ``[B, 3, S, S]`` (RGB, 0..1, dynamic batch),
+output
 ``output0`` float32 ``[B, 4 + nc, N]``.
 
 How it works, per detected colour (class 0 ``head_bare`` = magenta, class 1 ``face_no_mask`` =
@@ -36,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from agent.detect import write_manifest
+from agent.detect.detector import write_manifest
 
 OPSET = 17
 IR_VERSION = 8  # onnxruntime >= 1.14 and OpenVINO >= 2023 read it

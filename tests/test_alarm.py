@@ -19,7 +19,7 @@ import pytest
 from services import free_port
 from typer.testing import CliRunner
 
-from agent.alarm import (
+from agent.alarm.alarm import (
     PROMPT_TEXTS,
     SAMPLE_RATE,
     Alarm,
@@ -29,12 +29,12 @@ from agent.alarm import (
     make_sounder,
     read_wav,
 )
-from agent.cli import app
+from agent.cli.main import app
 from agent.config import AlarmConfig, BeepConfig, SounderConfig
-from agent.control import Mute
 from agent.errors import SounderError
-from agent.outbox import Outbox
-from agent.rules import Alert
+from agent.rules.engine import Alert
+from agent.store.outbox import Outbox
+from agent.uplink.overrides import Mute
 
 TZ = ZoneInfo("Asia/Shanghai")
 SOUNDS = Path(__file__).resolve().parents[1] / "agent" / "sounds"
@@ -541,7 +541,7 @@ def test_speaker_url_tokens_stay_out_of_logs(
     assert display_url("http://u:pw@host/play?token=abc") == "http://u:***@host/play?***"
     url = f"http://127.0.0.1:{free_port()}/play?token=Tok-123456"
     alarm = http_alarm(outbox, url)
-    caplog.set_level(logging.INFO, logger="agent.alarm")
+    caplog.set_level(logging.INFO, logger="agent.alarm.alarm")
     alarm.start()
     try:
         alarm.on_alert(alert())

@@ -12,7 +12,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from agent.capture import (
+from agent.cli.main import app
+from agent.config import CaptureConfig, IdentityConfig, load_config
+from agent.detect.datasets import AGENT_LABELS, load_dataset
+from agent.detect.detector import Detection
+from agent.detect.sampling import (
     Capture,
     capture_directory,
     export,
@@ -21,10 +25,6 @@ from agent.capture import (
     stored_frames,
     wall_of,
 )
-from agent.cli import app
-from agent.config import CaptureConfig, IdentityConfig, load_config
-from agent.datasets import AGENT_LABELS, load_dataset
-from agent.detect import Detection
 from agent.errors import DatasetError
 
 LABELS = AGENT_LABELS  # face_mask, face_no_mask, head_covered, head_bare, ...

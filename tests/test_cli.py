@@ -19,7 +19,7 @@ from services import ClipFactory, RtspServerFactory, free_port
 from typer.testing import CliRunner
 
 from agent import __version__
-from agent.cli import app
+from agent.cli.main import app
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "Probe-S3cret!"
@@ -229,7 +229,7 @@ def test_camera_probe_survives_garbage_on_the_port() -> None:
 
 def test_camera_list_shows_saved_health_and_redacts(tmp_path: Path) -> None:
     """camera list reads each camera's last saved health from the database, URLs redacted."""
-    from agent.outbox import Outbox  # noqa: PLC0415
+    from agent.store.outbox import Outbox  # noqa: PLC0415
 
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(
@@ -258,7 +258,7 @@ def test_camera_list_shows_saved_health_and_redacts(tmp_path: Path) -> None:
 
 def test_outbox_stats_and_alerts_commands(tmp_path: Path) -> None:
     """outbox stats shows the backlog by kind; alerts list/show/export read the local store."""
-    from agent.outbox import AlertRecord, Outbox  # noqa: PLC0415
+    from agent.store.outbox import AlertRecord, Outbox  # noqa: PLC0415
 
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(

@@ -11,8 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.commands import MAX_COMMAND_BYTES, CommandError, Commands, parse, valid_response_topic
-from agent.outbox import Outbox
+from agent.store.outbox import Outbox
+from agent.uplink.commands import (
+    MAX_COMMAND_BYTES,
+    CommandError,
+    Commands,
+    parse,
+    valid_response_topic,
+)
 
 HANDLERS: dict[str, Any] = {"ping": lambda _a: {"pong": True}, "echo": lambda a: a}
 

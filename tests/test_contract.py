@@ -32,9 +32,9 @@ from synthetic_model import build_pattern_model
 
 from agent import __version__
 from agent.config import AgentConfig, load_config, parse_config
-from agent.contract import SCHEMA_VERSION, Topics, availability_payload
-from agent.outbox import Outbox
-from agent.uplink import Uplink
+from agent.store.outbox import Outbox
+from agent.uplink.client import Uplink
+from agent.uplink.messages import SCHEMA_VERSION, Topics, availability_payload
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "mqtt"

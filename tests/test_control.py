@@ -28,13 +28,20 @@ from services import (
 from synthetic_model import build_pattern_model
 from test_e2e import ROOT, magenta_after, payloads, write_config
 
-from agent.commands import CommandError
 from agent.config import RuleConfig, parse_config
-from agent.control import Mute, RuleOverrides, apply_live, diff_config, effective_rules, merge_rule
-from agent.detect import Detection
-from agent.outbox import Outbox
-from agent.rules import RuleEngine
-from agent.telemetry import clock_status
+from agent.detect.detector import Detection
+from agent.rules.engine import RuleEngine
+from agent.service.telemetry import clock_status
+from agent.store.outbox import Outbox
+from agent.uplink.commands import CommandError
+from agent.uplink.overrides import (
+    Mute,
+    RuleOverrides,
+    apply_live,
+    diff_config,
+    effective_rules,
+    merge_rule,
+)
 
 BOX = "identity: {city: hz, school_id: s-001, box_id: box-01}\n"
 RULES = {"no_hat": RuleConfig(labels=("head_bare",), min_duration=3.0, cooldown=600.0)}

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.datasets import (
+from agent.detect.datasets import (
     AGENT_LABELS,
     HEADCOVER_NAMES,
     LabelledBox,

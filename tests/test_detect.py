@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from synthetic_model import DEFAULT_LABELS, build_pattern_model
 
-from agent.detect import (
+from agent.detect.detector import (
     MANIFEST_FORMAT,
     MAX_BATCH,
     Detection,
@@ -360,7 +360,7 @@ def test_nms_keeps_overlapping_boxes_of_different_classes(detector: Detector) ->
 def test_nms_equals_textbook_greedy(
     data: list[tuple[float, float, float, float, float, int]], thr: float
 ) -> None:
-    """agent.detect.nms keeps the same boxes, best first, as a one-at-a-time greedy NMS."""
+    """agent.detect.detector.nms keeps the same boxes, best first, as a one-at-a-time greedy NMS."""
     boxes = np.array([(x, y, x + w, y + h) for x, y, w, h, _, _ in data], dtype=np.float32)
     boxes = boxes.reshape(-1, 4)
     scores = np.array([s for *_, s, _ in data], dtype=np.float32)

@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.discover import (
+from agent.errors import AgentError, DiscoveryError
+from agent.install.discover import (
     MAX_DATAGRAM,
     ONVIF_NETWORK_NS,
     WSD_NS,
@@ -29,7 +30,6 @@ from agent.discover import (
     render_table,
     rtsp_hint,
 )
-from agent.errors import AgentError, DiscoveryError
 
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 WSA = "http://schemas.xmlsoap.org/ws/2004/08/addressing"

@@ -25,9 +25,9 @@ from services import (
 from synthetic_model import build_pattern_model
 from typer.testing import CliRunner
 
-from agent.cli import CHECK_FAILED, app
-from agent.doctor import check_clock
-from agent.outbox import AlertRecord, Outbox
+from agent.cli.main import CHECK_FAILED, app
+from agent.install.doctor import check_clock
+from agent.store.outbox import AlertRecord, Outbox
 
 CAM_SECRET = "Doctor-Cam-S3cret"
 MQTT_SECRET = "Doctor-Mqtt-S3cret"

@@ -43,7 +43,7 @@ from services import (
 )
 from synthetic_model import build_pattern_model, build_slow_model
 
-from agent.detect import load_model_package
+from agent.detect.detector import load_model_package
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = "mclz/hz/s-001/box-01"
@@ -454,7 +454,7 @@ def test_watchdog_pings_stop_while_the_detector_hangs(
     agents: list[AgentProcess],
 ) -> None:
     """A detector stuck in one inference: STATUS goes on (heartbeats), WATCHDOG=1 stops."""
-    from agent.detect import Detector  # noqa: PLC0415
+    from agent.detect.detector import Detector  # noqa: PLC0415
 
     # Calibrate the busy loop on this machine: one inference on a bright frame takes ~30 s.
     probe_dir = build_slow_model(tmp_path / "probe", iterations=400)

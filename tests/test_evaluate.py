@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from synthetic_model import DEFAULT_LABELS, build_pattern_model
 from typer.testing import CliRunner
 
-from agent.cli import app
-from agent.datasets import LabelledBox, load_dataset
-from agent.detect import Detection, Detector, View, load_model_package, write_manifest
-from agent.evaluate import (
+from agent.cli.main import app
+from agent.detect.datasets import LabelledBox, load_dataset
+from agent.detect.detector import Detection, Detector, View, load_model_package, write_manifest
+from agent.detect.evaluate import (
     EvalReport,
     average_precision,
     calibrate,
@@ -404,7 +404,7 @@ def test_calibrate_picks_the_best_f_half_threshold() -> None:
 def test_sweep_counts_each_threshold_and_suggests_the_lowest_precise_one() -> None:
     """The sweep gives TP/FP, precision and recall at each threshold, counted by hand; the
     suggestion is the lowest threshold that reaches the precision target, or None."""
-    from agent.evaluate import ClassResult  # noqa: PLC0415
+    from agent.detect.evaluate import ClassResult  # noqa: PLC0415
 
     matches = [(0.92, True), (0.81, True), (0.66, False), (0.58, True), (0.41, False), (0.3, True)]
     points = sweep_thresholds(matches, gt=5, thresholds=(0.3, 0.45, 0.6, 0.7, 0.95))

@@ -15,9 +15,9 @@ import pytest
 
 from agent import evidence
 from agent.config import EvidenceConfig
-from agent.detect import Detection
+from agent.detect.detector import Detection
 from agent.evidence import PruneResult, caption_text, format_stamp, prune, render, save
-from agent.rules import Alert
+from agent.rules.engine import Alert
 
 SAMPLE_VIDEO = (
     Path(__file__).resolve().parents[1].parent / "shared/videos/bareheaded_people_indoor.mp4"

@@ -29,9 +29,9 @@ from services import (
 from synthetic_model import build_pattern_model
 from typer.testing import CliRunner
 
-from agent.cli import app
+from agent.cli.main import app
 from agent.config import parse_config
-from agent.food import (
+from agent.detect.food import (
     STATES,
     UNKNOWN,
     FoodClassifier,
@@ -42,7 +42,7 @@ from agent.food import (
     zone_crop,
     zone_share,
 )
-from agent.outbox import Outbox
+from agent.store.outbox import Outbox
 
 pytestmark = pytest.mark.skipif(not fs.available(), reason="needs ../shared datasets and video")
 runner = CliRunner()

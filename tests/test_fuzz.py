@@ -63,8 +63,6 @@ from pydantic import BaseModel
 from services import free_port, load_schema, make_clip
 from synthetic_model import build_pattern_model
 
-from agent import contract
-from agent.commands import MAX_COMMAND_BYTES
 from agent.config import (
     AgentConfig,
     CameraConfig,
@@ -82,10 +80,12 @@ from agent.config import (
     load_config,
     parse_config,
 )
-from agent.control import MAX_MUTE_MINUTES, SETTABLE, effective_rules, merge_rule
 from agent.errors import ConfigError, StreamError
-from agent.ingest import CameraReader, CameraState, FrameSlot, grab_frames, probe
-from agent.service import Agent
+from agent.ingest.reader import CameraReader, CameraState, FrameSlot, grab_frames, probe
+from agent.service.agent import Agent
+from agent.uplink import messages as contract
+from agent.uplink.commands import MAX_COMMAND_BYTES
+from agent.uplink.overrides import MAX_MUTE_MINUTES, SETTABLE, effective_rules, merge_rule
 
 T = TypeVar("T")
 Loc = tuple[str | int, ...]
@@ -1368,7 +1368,7 @@ def test_camera_reader_survives_a_corrupted_file(
         "cam"
     ]
     handler = TracebackCollector()
-    ingest_logger = logging.getLogger("agent.ingest")
+    ingest_logger = logging.getLogger("agent.ingest.reader")
     ingest_logger.addHandler(handler)
     stop, wake = threading.Event(), threading.Event()
     reader = CameraReader("cam", camera, stop=stop, slot=FrameSlot(wake))

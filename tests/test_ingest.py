@@ -19,7 +19,7 @@ from services import ClipFactory, RtspServerFactory, free_port
 
 from agent.backoff import Backoff
 from agent.config import CameraConfig, parse_config
-from agent.ingest import (
+from agent.ingest.reader import (
     CameraReader,
     CameraState,
     Frame,

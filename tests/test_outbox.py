@@ -15,9 +15,9 @@ from conftest import SmallDiskFactory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import outbox as outbox_module
 from agent.errors import OutboxError
-from agent.outbox import AlertRecord, Outbox
+from agent.store import outbox as outbox_module
+from agent.store.outbox import AlertRecord, Outbox
 
 
 def make_alert(alert_id: str = "a1") -> AlertRecord:
@@ -176,7 +176,7 @@ def test_payloads_round_trip_exactly(
 WRITER = """
 import sys
 from pathlib import Path
-from agent.outbox import Outbox
+from agent.store.outbox import Outbox
 box = Outbox(Path(sys.argv[1]))
 print("ready", flush=True)
 i = 0

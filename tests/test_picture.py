@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from services import RtspServerFactory, grab_frames
 
 from agent.config import PictureConfig
-from agent.picture import (
+from agent.ingest.picture import (
     FROZEN_DIFFERENCE,
     Condition,
     PictureEvent,

@@ -158,7 +158,7 @@ def test_fast_alternation_does_not_flood(
 def test_batched_and_single_inference_agree_on_real_frames() -> None:
     """The default model gives the same detections for real video frames whether they go
     one by one or in one batch of four (cameras analysed together)."""
-    from agent.detect import Detector, load_model_package  # noqa: PLC0415
+    from agent.detect.detector import Detector, load_model_package  # noqa: PLC0415
 
     video = REPO.parent / "shared" / "videos" / "bareheaded_people_indoor.mp4"
     if not video.exists() or not (MODEL / "manifest.yaml").exists():

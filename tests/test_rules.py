@@ -23,10 +23,10 @@ from agent.config import (
     ScheduleWindow,
     parse_config,
 )
-from agent.detect import Detection
+from agent.detect.detector import Detection
 from agent.errors import ConfigError
-from agent.rules import Alert, RuleEngine, in_schedule
-from agent.zones import box_in_zone, excluded, overlap, point_in_polygon
+from agent.rules.engine import Alert, RuleEngine, in_schedule
+from agent.rules.zones import box_in_zone, excluded, overlap, point_in_polygon
 
 BARE = Detection(label="head_bare", class_id=3, confidence=0.9, box=(0.1, 0.1, 0.2, 0.2))
 WEAK = Detection(label="head_bare", class_id=3, confidence=0.3, box=(0.1, 0.1, 0.2, 0.2))

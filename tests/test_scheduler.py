@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agent.config import GatingConfig
-from agent.scheduler import HIGH, LOW, WINDOW, ChangeGate, LoadGovernor, thumbnail
+from agent.detect.gate import HIGH, LOW, WINDOW, ChangeGate, LoadGovernor, thumbnail
 
 VIDEO = Path(__file__).resolve().parents[2] / "shared" / "videos" / "bareheaded_people_indoor.mp4"
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from agent.datasets import AGENT_LABELS as agent_labels
-from agent.detect import Detector, load_model_package
+from agent.detect.datasets import AGENT_LABELS as agent_labels
+from agent.detect.detector import Detector, load_model_package
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"

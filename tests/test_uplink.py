@@ -17,8 +17,8 @@ from services import Broker, BrokerFactory, CollectorFactory, MqttCollector, Pki
 
 from agent.config import AgentConfig, parse_config
 from agent.errors import UplinkError
-from agent.outbox import Outbox
-from agent.uplink import Uplink
+from agent.store.outbox import Outbox
+from agent.uplink.client import Uplink
 
 ROOT = "mclz/hz/s1/box-01"
 
@@ -189,9 +189,9 @@ def test_mqtt_311_works(broker: Broker, tmp_path: Path, mqtt_collector: Collecto
 VANISHING_BOX = """
 import sys, time
 from agent.config import parse_config
-from agent.outbox import Outbox
+from agent.store.outbox import Outbox
 from agent.errors import UplinkError
-from agent.uplink import Uplink
+from agent.uplink.client import Uplink
 from pathlib import Path
 cfg = parse_config(
     "identity: {city: hz, school_id: s1, box_id: box-01}\\nmqtt: {url: '%s', keepalive: 5}\\n"

@@ -30,8 +30,8 @@ from services import (
 )
 
 from agent.config import AgentConfig, parse_config
-from agent.outbox import Outbox
-from agent.uplink import Uplink
+from agent.store.outbox import Outbox
+from agent.uplink.client import Uplink
 
 logger = logging.getLogger(__name__)
 

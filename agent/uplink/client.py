@@ -34,9 +34,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.backoff import Backoff
 from agent.config import AgentConfig
-from agent.contract import availability_payload
 from agent.errors import SecretError, UplinkError
-from agent.outbox import Outbox
+from agent.store.outbox import Outbox
+from agent.uplink.messages import availability_payload
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class Uplink:
             clean_session=None if v5 else False,
             reconnect_on_failure=True,
         )
-        paho_logger = logging.getLogger("agent.uplink.paho")
+        paho_logger = logging.getLogger("agent.uplink.client.paho")
         if not any(isinstance(f, _NotConnectedFilter) for f in paho_logger.filters):
             paho_logger.addFilter(_NotConnectedFilter())
         client.enable_logger(paho_logger)

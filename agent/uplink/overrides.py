@@ -18,9 +18,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.commands import CommandError
 from agent.config import AgentConfig, RuleConfig, describe_validation
-from agent.outbox import Outbox
+from agent.store.outbox import Outbox
+from agent.uplink.commands import CommandError
 
 logger = logging.getLogger(__name__)
 

@@ -46,8 +46,8 @@ from agent.fsutil import write_atomic
 UNIT_NAME = "mclz-agent.service"
 SERVICE_USER = "mclz-agent"
 _ID_RE = re.compile(ID_PATTERN)
-PACKAGED_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
-_UNIT_TEMPLATE = Path(__file__).resolve().parents[1] / "systemd" / UNIT_NAME
+PACKAGED_MODEL = Path(__file__).resolve().parents[2] / "models" / "default"
+_UNIT_TEMPLATE = Path(__file__).resolve().parents[2] / "systemd" / UNIT_NAME
 _TEMPLATE_EXEC = "/opt/mclz-agent/.venv/bin/mclz-agent"
 _TEMPLATE_CONFIG = "/etc/mclz-agent/agent.yaml"
 _UNIT_STATE_DIR = Path("/var/lib/mclz-agent")

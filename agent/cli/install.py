@@ -1,7 +1,8 @@
 """The installer's commands: ``init``, ``camera add/remove/snapshot/discover``, ``service install``.
 
-Imported by :mod:`agent.cli` (at its end), on whose ``app`` these commands are registered; the
-work is done by :mod:`agent.provision` and :mod:`agent.discover`, errors become exit codes here.
+Imported by :mod:`agent.cli.main` (at its end), on whose ``app`` these commands are registered; the
+work is done by :mod:`agent.install.provision` and :mod:`agent.install.discover`, errors
+become exit codes here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agent.cli import DEFAULT_CONFIG, ConfigOption, app, camera_app, fail
+from agent.cli.main import DEFAULT_CONFIG, ConfigOption, app, camera_app, fail
 from agent.config import DEFAULT_CREDENTIALS_DIR, CameraConfig, load_config
 from agent.errors import AgentError, ConfigError, StreamError
 
@@ -66,7 +67,7 @@ class _Question:
 
 
 def _questions() -> list[_Question]:
-    from agent import provision as p  # noqa: PLC0415
+    from agent.install import provision as p  # noqa: PLC0415
 
     def tls(a: dict[str, Any]) -> bool:
         return str(a.get("broker_url", "")).startswith(("mqtts://", "ssl://"))
@@ -209,7 +210,7 @@ def init(  # noqa: PLR0917 - typer passes each option by name
 
     Example: mclz-agent init --seed school-0012.yaml --non-interactive
     """
-    from agent import provision  # noqa: PLC0415
+    from agent.install import provision  # noqa: PLC0415
 
     try:
         answers: dict[str, Any] = provision.read_seed(seed) if seed is not None else {}
@@ -282,7 +283,7 @@ def init(  # noqa: PLR0917 - typer passes each option by name
 
 def _probe_line(url: str, transport: str, seconds: float, timeout: float) -> str:
     """One line about a stream; raises StreamError when it cannot be used."""
-    from agent.ingest import probe  # noqa: PLC0415
+    from agent.ingest.reader import probe  # noqa: PLC0415
 
     r = probe(url, transport=transport, seconds=seconds, timeout=timeout)
     gop = f"keyframe every {r.keyframe_interval_s:.1f} s" if r.keyframe_interval_s else "GOP ?"
@@ -325,7 +326,7 @@ def camera_add(  # noqa: PLR0917 - typer passes each option by name
     Example: mclz-agent camera add kitchen-1 rtsp://admin@192.168.1.64/Streaming/Channels/101
     --sub rtsp://admin@192.168.1.64/Streaming/Channels/102 --password-env CAM_PW
     """
-    from agent import provision  # noqa: PLC0415
+    from agent.install import provision  # noqa: PLC0415
     from agent.redact import redact_url, register_secret, with_password  # noqa: PLC0415
 
     if transport not in {"tcp", "udp"}:
@@ -405,7 +406,7 @@ def camera_remove(
 
     Example: mclz-agent camera remove serving-line
     """
-    from agent import provision  # noqa: PLC0415
+    from agent.install import provision  # noqa: PLC0415
 
     try:
         cfg, credential = provision.remove_camera(config, camera_id)
@@ -441,8 +442,8 @@ def camera_snapshot(
     import cv2  # noqa: PLC0415
 
     from agent.evidence import find_font  # noqa: PLC0415
-    from agent.ingest import grab_frames  # noqa: PLC0415
-    from agent.provision import draw_zones  # noqa: PLC0415
+    from agent.ingest.reader import grab_frames  # noqa: PLC0415
+    from agent.install.provision import draw_zones  # noqa: PLC0415
 
     try:
         cfg = load_config(config)
@@ -482,7 +483,7 @@ _SMALL_AT_MODEL_PX = 16
 
 def _echo_detail(camera: CameraConfig, model_path: Path, width: int, height: int) -> None:
     """How large objects of this stream reach the model, so the installer can judge tiles."""
-    from agent.detect import load_model_package  # noqa: PLC0415
+    from agent.detect.detector import load_model_package  # noqa: PLC0415
 
     try:
         package = load_model_package(model_path)
@@ -518,7 +519,7 @@ def camera_discover(
 
     Example: mclz-agent camera discover --timeout 5
     """
-    from agent.discover import discover, render_table, rtsp_hint  # noqa: PLC0415
+    from agent.install.discover import discover, render_table, rtsp_hint  # noqa: PLC0415
 
     try:
         devices = discover(timeout, interface=interface)
@@ -558,7 +559,7 @@ def service_install(  # noqa: PLR0917 - typer passes each option by name
 
     Example: mclz-agent service install --config /etc/mclz-agent/agent.yaml --now
     """
-    from agent import provision  # noqa: PLC0415
+    from agent.install import provision  # noqa: PLC0415
 
     try:
         cfg = load_config(config)

@@ -40,10 +40,10 @@ import numpy as np
 import yaml
 
 from agent.config import AgentConfig, CaptureConfig, IdentityConfig
-from agent.detect import Detection
+from agent.detect.detector import Detection
 from agent.errors import DatasetError, OutboxError
 from agent.fsutil import write_atomic
-from agent.rules import DEFAULT_MIN_CONFIDENCE
+from agent.rules.engine import DEFAULT_MIN_CONFIDENCE
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Evaluation stage: run the agent's own detector over a labelled dataset and score it.
 
-Every image goes through :meth:`agent.detect.Detector.detect_batch`, the path the agent runs
+Every image goes through :meth:`agent.detect.detector.Detector.detect_batch`, the path the agent
+runs
 on cameras (letterbox, onnxruntime or OpenVINO, NMS), so the figures are the box's figures,
 not a training framework's. Build the detector with a very low ``conf_threshold`` (0.001):
 AP needs the whole precision-recall curve; precision and recall at the operating point are
@@ -34,9 +35,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from agent.datasets import Dataset, LabelledBox, Sample
-from agent.detect import Detection, Detector, View
-from agent.rules import DEFAULT_MIN_CONFIDENCE
+from agent.detect.datasets import Dataset, LabelledBox, Sample
+from agent.detect.detector import Detection, Detector, View
+from agent.rules.engine import DEFAULT_MIN_CONFIDENCE
 
 logger = logging.getLogger(__name__)
 

@@ -88,7 +88,7 @@ def check_config(path: Path) -> tuple[Check, AgentConfig | None]:
 
 def check_clock(now: float | None = None) -> Check:
     """The wall clock: a plausible year and, where the kernel says, NTP-synchronised."""
-    from agent.telemetry import clock_status  # noqa: PLC0415
+    from agent.service.telemetry import clock_status  # noqa: PLC0415
 
     now = time.time() if now is None else now
     year = time.gmtime(now).tm_year
@@ -270,7 +270,7 @@ def check_broker(cfg: AgentConfig, timeout: float = 5.0) -> Check:  # noqa: PLR0
 
 def check_cameras(cfg: AgentConfig, seconds: float = 2.0, timeout: float = 5.0) -> list[Check]:
     """Open each enabled camera and measure fps and keyframe interval (one line each)."""
-    from agent.ingest import probe  # noqa: PLC0415
+    from agent.ingest.reader import probe  # noqa: PLC0415
 
     enabled = {cid: cam for cid, cam in cfg.cameras.items() if cam.enabled}
     if not enabled:
@@ -301,7 +301,7 @@ def check_cameras(cfg: AgentConfig, seconds: float = 2.0, timeout: float = 5.0) 
 
 def check_model(cfg: AgentConfig) -> Check:
     """The model package's manifest and sha256, then its ONNX graph on the configured backend."""
-    from agent.detect import Detector, load_model_package  # noqa: PLC0415
+    from agent.detect.detector import Detector, load_model_package  # noqa: PLC0415
 
     try:
         package = load_model_package(cfg.model.path)
@@ -342,8 +342,8 @@ def check_capacity(cfg: AgentConfig) -> Check:
     """
     import numpy as np  # noqa: PLC0415
 
-    from agent.detect import Detector, load_model_package  # noqa: PLC0415
-    from agent.scheduler import HIGH as GOVERNOR_BUSY  # noqa: PLC0415 - intervals stretch above
+    from agent.detect.detector import Detector, load_model_package  # noqa: PLC0415
+    from agent.detect.gate import HIGH as GOVERNOR_BUSY  # noqa: PLC0415 - intervals stretch above
 
     demand, cameras, tiled = inference_demand(cfg)
     if cameras == 0:
@@ -385,7 +385,7 @@ def check_capacity(cfg: AgentConfig) -> Check:
 
 def check_audio(cfg: AgentConfig) -> Check:
     """The alarm's sounder: nothing to do, aplay present (alsa), or a short test play."""
-    from agent.alarm import SoundBank, make_sounder  # noqa: PLC0415
+    from agent.alarm.alarm import SoundBank, make_sounder  # noqa: PLC0415
 
     sounder_cfg = cfg.alarm.sounder
     if sounder_cfg.kind == "none":

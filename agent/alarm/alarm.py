@@ -43,11 +43,11 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from agent.config import AlarmConfig, BeepConfig, SounderConfig
-from agent.control import Mute
 from agent.errors import ConfigError, OutboxError, SounderError
-from agent.outbox import AlarmRecord, Outbox
 from agent.redact import MASK, redact_url
-from agent.rules import Alert
+from agent.rules.engine import Alert
+from agent.store.outbox import AlarmRecord, Outbox
+from agent.uplink.overrides import Mute
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent import contract
 from agent.errors import OutboxError
-from agent.outbox import Outbox
+from agent.store.outbox import Outbox
+from agent.uplink import messages as contract
 
 logger = logging.getLogger(__name__)
 

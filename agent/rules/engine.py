@@ -7,7 +7,7 @@ the whole picture. Per analysed frame of a camera:
 2. a detection *hits* a rule when its label is one of the rule's, its confidence reaches
    ``min_confidence`` (unset: the model manifest's threshold for the label, else 0.5), its
    box height is within ``box_height`` (a face or head must be plausibly a person in the
-   kitchen, not a speck or the whole picture) and it is in the zone (see ``agent.zones``);
+   kitchen, not a speck or the whole picture) and it is in the zone (see ``agent.rules.zones``);
 3. an episode starts at the first hit and lasts while hits keep coming with gaps no longer
    than ``end_after`` (a detector misses a head now and then; that must not restart it);
 4. the alert **starts** once the episode has lasted ``min_duration`` and, when
@@ -37,8 +37,8 @@ from typing import Literal
 import numpy as np
 
 from agent.config import FOOD_ZONES, CameraConfig, RuleConfig, ScheduleWindow
-from agent.detect import Detection
-from agent.zones import Point, box_in_zone, excluded
+from agent.detect.detector import Detection
+from agent.rules.zones import Point, box_in_zone, excluded
 
 DEFAULT_MIN_CONFIDENCE = 0.5
 

@@ -71,8 +71,8 @@ import numpy.typing as npt
 from agent.config import AgentConfig, FoodConfig
 from agent.errors import ConfigError, OutboxError
 from agent.fsutil import write_atomic
-from agent.outbox import FoodRef, Outbox
-from agent.zones import overlap, polygon_area
+from agent.rules.zones import overlap, polygon_area
+from agent.store.outbox import FoodRef, Outbox
 
 logger = logging.getLogger(__name__)
 

@@ -40,24 +40,25 @@ from typing import Any
 
 import numpy as np
 
-from agent import __version__, contract, evidence
-from agent.alarm import Alarm
-from agent.capture import Capture, capture_directory
-from agent.commands import CommandError, Commands, Handler
+from agent import __version__, evidence
+from agent.alarm.alarm import Alarm
 from agent.config import AgentConfig, CameraConfig, LoggingConfig, check_secrets, load_config
-from agent.control import Mute, RuleOverrides, apply_live, diff_config, effective_rules
-from agent.detect import Detection, Detector, View, load_model_package
+from agent.detect.detector import Detection, Detector, View, load_model_package
+from agent.detect.food import FoodMonitor
+from agent.detect.gate import ChangeGate, LoadGovernor
+from agent.detect.sampling import Capture, capture_directory
 from agent.errors import AgentError, ConfigError, OutboxError
 from agent.evidence import Evidence
-from agent.food import FoodMonitor
-from agent.ingest import CameraReader, CameraState, Frame, FrameRing, FrameSlot, Transition
-from agent.outbox import Outage, Outbox
-from agent.picture import PictureMonitor
+from agent.ingest.picture import PictureMonitor
+from agent.ingest.reader import CameraReader, CameraState, Frame, FrameRing, FrameSlot, Transition
 from agent.redact import RedactingFilter
-from agent.rules import Alert, RuleEngine
-from agent.scheduler import ChangeGate, LoadGovernor
-from agent.telemetry import ProcessCpu, clock_status, system_metrics
-from agent.uplink import Uplink
+from agent.rules.engine import Alert, RuleEngine
+from agent.service.telemetry import ProcessCpu, clock_status, system_metrics
+from agent.store.outbox import Outage, Outbox
+from agent.uplink import messages as contract
+from agent.uplink.client import Uplink
+from agent.uplink.commands import CommandError, Commands, Handler
+from agent.uplink.overrides import Mute, RuleOverrides, apply_live, diff_config, effective_rules
 
 logger = logging.getLogger(__name__)
 WHOLE = View()  # a camera analysed whole, in one piece
@@ -89,7 +90,7 @@ def setup_logging(config: LoggingConfig) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(config.level.upper())
-    logging.getLogger("agent.uplink.paho").setLevel(logging.WARNING)
+    logging.getLogger("agent.uplink.client.paho").setLevel(logging.WARNING)
     logging.getLogger("libav").setLevel(logging.CRITICAL)
 
 

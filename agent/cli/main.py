@@ -45,9 +45,9 @@ if TYPE_CHECKING:
     import numpy as np
 
     from agent.config import AgentConfig
-    from agent.detect import View
-    from agent.food import FoodStore, ZoneState
-    from agent.outbox import Outbox
+    from agent.detect.detector import View
+    from agent.detect.food import FoodStore, ZoneState
+    from agent.store.outbox import Outbox
 
 DEFAULT_CONFIG = Path(os.environ.get("MCLZ_CONFIG", "/etc/mclz-agent/agent.yaml"))
 
@@ -134,7 +134,7 @@ def run(
 
     Example: mclz-agent run --config /etc/mclz-agent/agent.yaml
     """
-    from agent.service import run_agent, setup_logging  # noqa: PLC0415 - keeps --help fast
+    from agent.service.agent import run_agent, setup_logging  # noqa: PLC0415 - keeps --help fast
 
     try:
         cfg = load_config(config)
@@ -198,7 +198,7 @@ def _eval_model_path(model: Path | None, config: Path | None) -> tuple[Path, str
 
 def _parse_tiles(text: str) -> View:
     """``COLSxROWS`` (1-4 each) as a whole-picture view; a usage error names the option."""
-    from agent.detect import View, parse_tiles  # noqa: PLC0415
+    from agent.detect.detector import View, parse_tiles  # noqa: PLC0415
 
     try:
         cols, rows = parse_tiles(text)
@@ -289,9 +289,9 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
 
     Example: mclz-agent model eval --data ../shared/datasets/facemask --limit 50
     """
-    from agent.datasets import load_dataset  # noqa: PLC0415 - keeps --help fast
-    from agent.detect import Detector, load_model_package  # noqa: PLC0415
-    from agent.evaluate import (  # noqa: PLC0415
+    from agent.detect.datasets import load_dataset  # noqa: PLC0415 - keeps --help fast
+    from agent.detect.detector import Detector, load_model_package  # noqa: PLC0415
+    from agent.detect.evaluate import (  # noqa: PLC0415
         DEFAULT_THRESHOLD,
         evaluate,
         render_report,
@@ -367,7 +367,7 @@ def camera_probe(  # noqa: PLR0917 - typer passes each option by name
 
     import cv2  # noqa: PLC0415
 
-    from agent.ingest import probe  # noqa: PLC0415
+    from agent.ingest.reader import probe  # noqa: PLC0415
     from agent.redact import register_secret, with_password  # noqa: PLC0415
 
     if transport not in {"tcp", "udp"}:
@@ -422,8 +422,8 @@ def camera_list(
     """
     import time  # noqa: PLC0415
 
-    from agent.outbox import Outbox  # noqa: PLC0415
     from agent.redact import redact_url  # noqa: PLC0415
+    from agent.store.outbox import Outbox  # noqa: PLC0415
 
     try:
         cfg = load_config(config)
@@ -468,7 +468,7 @@ def camera_list(
 
 def _open_store(config: Path) -> Outbox:
     """The agent's database for read-only CLI use (it works while the agent runs)."""
-    from agent.outbox import Outbox  # noqa: PLC0415
+    from agent.store.outbox import Outbox  # noqa: PLC0415
 
     try:
         cfg = load_config(config)
@@ -523,7 +523,7 @@ def outbox_replay(
     """
     import time  # noqa: PLC0415
 
-    from agent.service import parse_time  # noqa: PLC0415
+    from agent.service.agent import parse_time  # noqa: PLC0415
 
     try:
         start = parse_time(float(since) if since.replace(".", "", 1).isdigit() else since, "since")
@@ -642,7 +642,7 @@ def capture_export(
 
     Example: mclz-agent capture export --out /tmp/kitchen-frames --since 2026-11-20
     """
-    from agent.capture import capture_directory, export, parse_since  # noqa: PLC0415
+    from agent.detect.sampling import capture_directory, export, parse_since  # noqa: PLC0415
 
     try:
         start = parse_since(since) if since is not None else None
@@ -670,7 +670,7 @@ def capture_stats(
 
     Example: mclz-agent capture stats --config /etc/mclz-agent/agent.yaml
     """
-    from agent.capture import capture_directory, summarize  # noqa: PLC0415
+    from agent.detect.sampling import capture_directory, summarize  # noqa: PLC0415
 
     try:
         cfg = load_config(config)
@@ -699,8 +699,8 @@ def capture_stats(
 
 def _food_store(cfg: AgentConfig) -> FoodStore:
     """The agent's reference store (the database is created when there is none yet)."""
-    from agent.food import FoodStore  # noqa: PLC0415
-    from agent.outbox import Outbox  # noqa: PLC0415
+    from agent.detect.food import FoodStore  # noqa: PLC0415
+    from agent.store.outbox import Outbox  # noqa: PLC0415
 
     store = Outbox(cfg.storage.state_dir / "agent.db", ttl=cfg.storage.message_ttl)
     return FoodStore(store, cfg.storage.state_dir, keep=cfg.food.references_per_state)
@@ -713,7 +713,7 @@ def _grab(cfg: AgentConfig, camera: str, count: int, seconds: float) -> list[np.
         ConfigError: no such camera, or its password cannot be read.
         StreamError: the stream cannot be used.
     """
-    from agent.ingest import grab_frames  # noqa: PLC0415
+    from agent.ingest.reader import grab_frames  # noqa: PLC0415
 
     cam = cfg.cameras.get(camera)
     if cam is None:
@@ -733,7 +733,7 @@ StateOption = Annotated[
 
 
 def _check_state(state: str) -> None:
-    from agent.food import STATES  # noqa: PLC0415
+    from agent.detect.food import STATES  # noqa: PLC0415
 
     if state not in STATES:
         typer.echo(f"error: --state must be one of {', '.join(STATES)}, not {state!r}", err=True)
@@ -760,7 +760,7 @@ def food_calibrate(  # noqa: PLR0917 - typer passes each option by name
 
     Example: mclz-agent food calibrate kitchen-1 rice-tray --state covered --frames 5
     """
-    from agent.food import food_zone, zone_crop  # noqa: PLC0415
+    from agent.detect.food import food_zone, zone_crop  # noqa: PLC0415
 
     _check_state(state)
     try:
@@ -791,7 +791,7 @@ def _classify_now(
     config: Path, camera: str
 ) -> tuple[np.ndarray, dict[str, tuple[ZoneState, dict[str, int]]]]:
     """One frame of ``camera`` and each food zone's state and reference counts."""
-    from agent.food import build_classifier, food_zones, zone_crop  # noqa: PLC0415
+    from agent.detect.food import build_classifier, food_zones, zone_crop  # noqa: PLC0415
 
     cfg = load_config(config)
     zones = food_zones(cfg, camera)
@@ -821,7 +821,7 @@ def food_test(
 
     Example: mclz-agent food test kitchen-1 rice-tray --json
     """
-    from agent.food import food_zone  # noqa: PLC0415
+    from agent.detect.food import food_zone  # noqa: PLC0415
 
     try:
         food_zone(load_config(config), camera, zone)
@@ -983,9 +983,9 @@ def alarm_mute(
     """
     import time  # noqa: PLC0415
 
-    from agent.commands import CommandError  # noqa: PLC0415
-    from agent.control import Mute  # noqa: PLC0415
-    from agent.outbox import Outbox  # noqa: PLC0415
+    from agent.store.outbox import Outbox  # noqa: PLC0415
+    from agent.uplink.commands import CommandError  # noqa: PLC0415
+    from agent.uplink.overrides import Mute  # noqa: PLC0415
 
     try:
         cfg = load_config(config)
@@ -1023,7 +1023,7 @@ def alarm_test(
     """
     import time  # noqa: PLC0415
 
-    from agent.alarm import PROMPT_TEXTS, SoundBank, make_sounder  # noqa: PLC0415
+    from agent.alarm.alarm import PROMPT_TEXTS, SoundBank, make_sounder  # noqa: PLC0415
 
     try:
         cfg = load_config(config)
@@ -1103,7 +1103,7 @@ def check(
 
     Example: mclz-agent check --config /etc/mclz-agent/agent.yaml
     """
-    from agent.doctor import FAIL, run_checks  # noqa: PLC0415
+    from agent.install.doctor import FAIL, run_checks  # noqa: PLC0415
 
     checks = run_checks(config, min_free_mb=min_free_mb, skip_cameras=skip_cameras)
     if as_json:
@@ -1134,7 +1134,7 @@ def status(
     """
     import time  # noqa: PLC0415
 
-    from agent.doctor import ago, read_status  # noqa: PLC0415
+    from agent.install.doctor import ago, read_status  # noqa: PLC0415
 
     try:
         cfg = load_config(config)
@@ -1217,7 +1217,7 @@ def version() -> None:
 
 # The installer's commands (init, camera add/remove/snapshot/discover, service) register
 # themselves on ``app`` and ``camera_app`` above.
-from agent import cli_install  # noqa: E402, F401
+from agent.cli import install as cli_install  # noqa: E402, F401
 
 
 def main() -> None:
