@@ -31,7 +31,6 @@ sys.path.insert(0, str(REPO / "tests"))
 import food_scenes as fs  # noqa: E402
 
 from agent.config import AgentConfig  # noqa: E402
-from agent.detect.detector import Detection  # noqa: E402
 from agent.detect.food import (  # noqa: E402
     STATES,
     UNKNOWN,
@@ -41,6 +40,7 @@ from agent.detect.food import (  # noqa: E402
     features,
     zone_crop,
 )
+from agent.records import Detection  # noqa: E402
 from agent.rules.engine import RuleEngine  # noqa: E402
 
 Blocks = list[npt.NDArray[np.float32]]

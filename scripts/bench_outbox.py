@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from services import Broker  # noqa: E402
 
 from agent.config import parse_config  # noqa: E402
-from agent.store.outbox import AlertRecord, Outbox  # noqa: E402
+from agent.records import AlertRecord  # noqa: E402
+from agent.store.outbox import Outbox  # noqa: E402
 from agent.uplink.client import Uplink  # noqa: E402
 
 

@@ -90,8 +90,8 @@ from services import Broker, load_schema, parse_mqtt_url  # noqa: E402
 
 from agent import evidence  # noqa: E402
 from agent.config import AgentConfig, EvidenceConfig, MqttConfig, parse_config  # noqa: E402
-from agent.detect.detector import Detection  # noqa: E402
 from agent.ingest.reader import grade  # noqa: E402
+from agent.records import Detection  # noqa: E402
 from agent.rules.engine import Alert  # noqa: E402
 from agent.service.telemetry import ProcessCpu, clock_status, system_metrics  # noqa: E402
 from agent.store.outbox import Outbox  # noqa: E402

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from agent.cli.main import app
 from agent.config import CaptureConfig, IdentityConfig, load_config
 from agent.detect.datasets import AGENT_LABELS, load_dataset
-from agent.detect.detector import Detection
 from agent.detect.sampling import (
     Capture,
     capture_directory,
@@ -26,6 +25,7 @@ from agent.detect.sampling import (
     wall_of,
 )
 from agent.errors import DatasetError
+from agent.records import Detection
 
 LABELS = AGENT_LABELS  # face_mask, face_no_mask, head_covered, head_bare, ...
 THRESHOLDS = {"head_bare": 0.5, "face_no_mask": 0.6}

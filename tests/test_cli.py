@@ -258,7 +258,8 @@ def test_camera_list_shows_saved_health_and_redacts(tmp_path: Path) -> None:
 
 def test_outbox_stats_and_alerts_commands(tmp_path: Path) -> None:
     """outbox stats shows the backlog by kind; alerts list/show/export read the local store."""
-    from agent.store.outbox import AlertRecord, Outbox  # noqa: PLC0415
+    from agent.records import AlertRecord  # noqa: PLC0415
+    from agent.store.outbox import Outbox  # noqa: PLC0415
 
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(

@@ -29,7 +29,7 @@ from synthetic_model import build_pattern_model
 from test_e2e import ROOT, magenta_after, payloads, write_config
 
 from agent.config import RuleConfig, parse_config
-from agent.detect.detector import Detection
+from agent.records import Detection
 from agent.rules.engine import RuleEngine
 from agent.service.telemetry import clock_status
 from agent.store.outbox import Outbox

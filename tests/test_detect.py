@@ -23,7 +23,6 @@ from synthetic_model import DEFAULT_LABELS, build_pattern_model
 from agent.detect.detector import (
     MANIFEST_FORMAT,
     MAX_BATCH,
-    Detection,
     Detector,
     Letterbox,
     ModelPackage,
@@ -34,6 +33,7 @@ from agent.detect.detector import (
     write_manifest,
 )
 from agent.errors import ModelError
+from agent.records import Detection
 
 FRAME_SIZES = [(640, 360), (768, 432)]
 MAGENTA, CYAN = 0, 1  # class ids of the pattern model

@@ -27,7 +27,8 @@ from typer.testing import CliRunner
 
 from agent.cli.main import CHECK_FAILED, app
 from agent.install.doctor import check_clock
-from agent.store.outbox import AlertRecord, Outbox
+from agent.records import AlertRecord
+from agent.store.outbox import Outbox
 
 CAM_SECRET = "Doctor-Cam-S3cret"
 MQTT_SECRET = "Doctor-Mqtt-S3cret"

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from agent.cli.main import app
 from agent.detect.datasets import LabelledBox, load_dataset
-from agent.detect.detector import Detection, Detector, View, load_model_package, write_manifest
+from agent.detect.detector import Detector, View, load_model_package, write_manifest
 from agent.detect.evaluate import (
     EvalReport,
     average_precision,
@@ -35,6 +35,7 @@ from agent.detect.evaluate import (
     render_sweep,
     sweep_thresholds,
 )
+from agent.records import Detection
 
 Image = npt.NDArray[np.uint8]
 WIDTH, HEIGHT = 400, 300

@@ -15,8 +15,8 @@ import pytest
 
 from agent import evidence
 from agent.config import EvidenceConfig
-from agent.detect.detector import Detection
 from agent.evidence import PruneResult, caption_text, format_stamp, prune, render, save
+from agent.records import Detection
 from agent.rules.engine import Alert
 
 SAMPLE_VIDEO = (

@@ -81,7 +81,8 @@ from agent.config import (
     parse_config,
 )
 from agent.errors import ConfigError, StreamError
-from agent.ingest.reader import CameraReader, CameraState, FrameSlot, grab_frames, probe
+from agent.ingest.reader import CameraReader, FrameSlot, grab_frames, probe
+from agent.records import CameraState
 from agent.service.agent import Agent
 from agent.uplink import messages as contract
 from agent.uplink.commands import MAX_COMMAND_BYTES

@@ -19,15 +19,8 @@ from services import ClipFactory, RtspServerFactory, free_port
 
 from agent.backoff import Backoff
 from agent.config import CameraConfig, parse_config
-from agent.ingest.reader import (
-    CameraReader,
-    CameraState,
-    Frame,
-    FrameSlot,
-    Sampler,
-    Transition,
-    classify_error,
-)
+from agent.ingest.reader import CameraReader, Frame, FrameSlot, Sampler, classify_error
+from agent.records import CameraState, Transition
 
 SECRET = "Kitchen-Pa55!"
 

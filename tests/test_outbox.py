@@ -16,8 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import OutboxError
+from agent.records import AlertRecord
 from agent.store import outbox as outbox_module
-from agent.store.outbox import AlertRecord, Outbox
+from agent.store.outbox import Outbox
 
 
 def make_alert(alert_id: str = "a1") -> AlertRecord:

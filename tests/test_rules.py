@@ -23,8 +23,8 @@ from agent.config import (
     ScheduleWindow,
     parse_config,
 )
-from agent.detect.detector import Detection
 from agent.errors import ConfigError
+from agent.records import Detection
 from agent.rules.engine import Alert, RuleEngine, in_schedule
 from agent.rules.zones import box_in_zone, excluded, overlap, point_in_polygon
 

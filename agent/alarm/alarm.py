@@ -44,9 +44,10 @@ import numpy as np
 
 from agent.config import AlarmConfig, BeepConfig, SounderConfig
 from agent.errors import ConfigError, OutboxError, SounderError
+from agent.records import AlarmRecord
 from agent.redact import MASK, redact_url
 from agent.rules.engine import Alert
-from agent.store.outbox import AlarmRecord, Outbox
+from agent.store.outbox import Outbox
 from agent.uplink.overrides import Mute
 
 logger = logging.getLogger(__name__)

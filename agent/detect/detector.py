@@ -47,6 +47,7 @@ import numpy.typing as npt
 import yaml
 
 from agent.errors import ModelError
+from agent.records import Detection
 
 logger = logging.getLogger(__name__)
 
@@ -83,19 +84,6 @@ _TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 FloatArray = npt.NDArray[np.float32]
 UInt8Array = npt.NDArray[np.uint8]
-
-
-@dataclass(frozen=True, slots=True)
-class Detection:
-    """One detected object.
-
-    ``box`` is (x1, y1, x2, y2) normalised to the original frame, each in 0..1.
-    """
-
-    label: str
-    class_id: int
-    confidence: float
-    box: tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)

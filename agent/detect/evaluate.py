@@ -36,7 +36,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.detect.datasets import Dataset, LabelledBox, Sample
-from agent.detect.detector import Detection, Detector, View
+from agent.detect.detector import Detector, View
+from agent.records import Detection
 from agent.rules.engine import DEFAULT_MIN_CONFIDENCE
 
 logger = logging.getLogger(__name__)

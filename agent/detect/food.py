@@ -71,8 +71,9 @@ import numpy.typing as npt
 from agent.config import AgentConfig, FoodConfig
 from agent.errors import ConfigError, OutboxError
 from agent.fsutil import write_atomic
+from agent.records import FoodRef
 from agent.rules.zones import overlap, polygon_area
-from agent.store.outbox import FoodRef, Outbox
+from agent.store.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 

@@ -40,9 +40,9 @@ import numpy as np
 import yaml
 
 from agent.config import AgentConfig, CaptureConfig, IdentityConfig
-from agent.detect.detector import Detection
 from agent.errors import DatasetError, OutboxError
 from agent.fsutil import write_atomic
+from agent.records import Detection
 from agent.rules.engine import DEFAULT_MIN_CONFIDENCE
 
 logger = logging.getLogger(__name__)

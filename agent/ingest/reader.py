@@ -36,6 +36,7 @@ import numpy as np
 from agent.backoff import Backoff
 from agent.config import CameraConfig
 from agent.errors import SecretError, StreamError
+from agent.records import CameraState, Transition
 from agent.redact import redact_text, redact_url
 
 logger = logging.getLogger(__name__)
@@ -45,15 +46,6 @@ ERROR_RING = 20
 HOUR = 3600.0
 FPS_WINDOW = 5.0  # seconds of packets behind the input fps
 DETECT_FPS_WINDOW = 60.0  # seconds of analysed frames behind the detection fps
-
-
-class CameraState(str, enum.Enum):
-    """What the platform is told about a camera."""
-
-    CONNECTING = "connecting"
-    ONLINE = "online"
-    STALLED = "stalled"  # no frame for stall_timeout, not yet offline_after
-    OFFLINE = "offline"
 
 
 class Quality(str, enum.Enum):
@@ -74,18 +66,6 @@ class Frame:
     wall: float  # time.time() when decoded
     mono: float  # time.monotonic() when decoded
     keyframe: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """A change of a camera's reported state."""
-
-    camera_id: str
-    old: CameraState
-    new: CameraState
-    wall: float
-    reason: str
-    last_frame_wall: float | None = None  # when the last frame before this change arrived
 
 
 class FrameSlot:

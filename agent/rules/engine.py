@@ -37,7 +37,7 @@ from typing import Literal
 import numpy as np
 
 from agent.config import FOOD_ZONES, CameraConfig, RuleConfig, ScheduleWindow
-from agent.detect.detector import Detection
+from agent.records import Detection
 from agent.rules.zones import Point, box_in_zone, excluded
 
 DEFAULT_MIN_CONFIDENCE = 0.5

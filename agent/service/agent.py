@@ -43,18 +43,19 @@ import numpy as np
 from agent import __version__, evidence
 from agent.alarm.alarm import Alarm
 from agent.config import AgentConfig, CameraConfig, LoggingConfig, check_secrets, load_config
-from agent.detect.detector import Detection, Detector, View, load_model_package
+from agent.detect.detector import Detector, View, load_model_package
 from agent.detect.food import FoodMonitor
 from agent.detect.gate import ChangeGate, LoadGovernor
 from agent.detect.sampling import Capture, capture_directory
 from agent.errors import AgentError, ConfigError, OutboxError
 from agent.evidence import Evidence
 from agent.ingest.picture import PictureMonitor
-from agent.ingest.reader import CameraReader, CameraState, Frame, FrameRing, FrameSlot, Transition
+from agent.ingest.reader import CameraReader, Frame, FrameRing, FrameSlot
+from agent.records import CameraState, Detection, Outage, Transition
 from agent.redact import RedactingFilter
 from agent.rules.engine import Alert, RuleEngine
 from agent.service.telemetry import ProcessCpu, clock_status, system_metrics
-from agent.store.outbox import Outage, Outbox
+from agent.store.outbox import Outbox
 from agent.uplink import messages as contract
 from agent.uplink.client import Uplink
 from agent.uplink.commands import CommandError, Commands, Handler

@@ -21,13 +21,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
 from agent.errors import OutboxError
+from agent.records import AlarmRecord, AlertRecord, FoodRef, Outage, OutMessage
 
 logger = logging.getLogger(__name__)
 
@@ -204,78 +204,6 @@ MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("011_alarms", _m011_alarms),
     ("012_supersede", _m012_supersede),
 )
-
-
-@dataclass(frozen=True, slots=True)
-class OutMessage:
-    """One message waiting in the outbox."""
-
-    seq: int
-    id: str
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    kind: str
-    created_at: float
-    attempts: int
-    correlation: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AlertRecord:
-    """An alert as stored locally (the outgoing message is stored beside it)."""
-
-    id: str
-    camera: str
-    type: str
-    severity: str
-    started_at: float
-    raised_at: float
-    confidence: float
-    detections: list[dict[str, Any]]
-    evidence_path: str | None
-    zone: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FoodRef:
-    """One reference of a food zone: an image of the zone in a known state, and its features."""
-
-    id: int
-    camera: str
-    zone: str
-    state: str
-    captured_at: float
-    path: str
-    features: bytes
-    feature_kind: str
-
-
-@dataclass(frozen=True, slots=True)
-class AlarmRecord:
-    """One decision of the on-site alarm (table ``alarms``)."""
-
-    ts: float  # wall clock of the decision (of the end of the play for played/failed)
-    alert_id: str
-    camera: str
-    type: str
-    decision: str  # played, suppressed, failed
-    reason: str  # suppressed/failed: cooldown, quiet_hours, hourly_cap, muted, queue_full, ...
-    sounder: str  # none, alsa, http, command, file
-    duration_ms: int | None = None  # played/failed: how long the play took
-
-
-@dataclass(frozen=True, slots=True)
-class Outage:
-    """A period during which a camera was reported offline."""
-
-    camera: str
-    since: float  # wall time of the last frame before the outage
-    until: float | None  # None while it lasts
-    duration_s: float | None
-    reason: str  # error class when it went offline
-    closed_by: str | None  # "frames" (the camera came back) or "agent_restart"
 
 
 class Outbox:

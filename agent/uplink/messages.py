@@ -30,9 +30,8 @@ from typing import Any
 from agent import __version__
 from agent.config import AgentConfig
 from agent.evidence import Evidence
-from agent.ingest.reader import Transition
+from agent.records import AlertRecord, Outage, Transition
 from agent.rules.engine import Alert
-from agent.store.outbox import AlertRecord, Outage
 
 SCHEMA_VERSION = 1
 
