@@ -35,8 +35,19 @@ class DatasetError(AgentError):
     """A labelled dataset folder is missing, has an unknown layout or class, or no usable sample."""
 
 
-class OutboxError(AgentError):
-    """The local SQLite store cannot be opened or written."""
+class StoreError(AgentError):
+    """Local storage cannot be used: the SQLite store, or files kept under the state directory.
+
+    Besides the database: evidence images, captured frames, food references, and the
+    files the installer writes.
+    """
+
+
+class StoreBusyError(StoreError):
+    """Another process held a lock on the database for longer than the caller would wait.
+
+    Not damage: the file is fine and is never moved aside for it; try again.
+    """
 
 
 class UplinkError(AgentError):

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from agent.config import EvidenceConfig
-from agent.errors import OutboxError
+from agent.errors import StoreError
 from agent.rules.engine import Alert
 
 logger = logging.getLogger(__name__)
@@ -355,7 +355,7 @@ def save(
     The day folder is the alert's date in ``tz`` (None: the system's local time).
 
     Raises:
-        OutboxError: the file cannot be written (disk full, permissions).
+        StoreError: the file cannot be written (disk full, permissions).
         ValueError: OpenCV could not encode the JPEG.
     """
     jpeg, width, height = render(
@@ -376,7 +376,7 @@ def save(
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise OutboxError(f"{path}: cannot write evidence: {exc.strerror}") from exc
+        raise StoreError(f"{path}: cannot write evidence: {exc.strerror}") from exc
     return Evidence(path, jpeg, hashlib.sha256(jpeg).hexdigest(), width, height, source)
 
 
@@ -450,12 +450,12 @@ def prune(directory: Path, *, keep_days: float, max_total_bytes: int, now: float
     ``directory`` holds nothing to prune.
 
     Raises:
-        OutboxError: ``directory`` exists but cannot be listed.
+        StoreError: ``directory`` exists but cannot be listed.
     """
     try:
         files = _files(directory)
     except OSError as exc:
-        raise OutboxError(f"{directory}: cannot list evidence: {exc.strerror}") from exc
+        raise StoreError(f"{directory}: cannot list evidence: {exc.strerror}") from exc
     cutoff = now - keep_days * 86400
     removed = removed_bytes = 0
     kept: list[tuple[float, int, Path]] = []

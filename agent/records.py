@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +116,36 @@ class Outage:
     duration_s: float | None
     reason: str  # error class when it went offline
     closed_by: str | None  # "frames" (the camera came back) or "agent_restart"
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceInfo:
+    """What an alert message says about its evidence JPEG (the bytes travel as their own
+    message); ``path`` is where the box keeps the file."""
+
+    path: str
+    width: int
+    height: int
+    size: int  # bytes of the JPEG
+    sha256: str
+    source: str = "sub"  # which stream the picture came from: "sub" (detection) or "main"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """An alert's start (``phase`` start) or end (``phase`` end) as the platform is told of it:
+    the rule engine's alert without its frame."""
+
+    id: str
+    type: str
+    severity: str
+    camera_id: str
+    started_at: float  # wall clock, first hit of the episode
+    raised_at: float  # wall clock of the frame that started the alert
+    confidence: float  # best confidence seen in the episode
+    detections: tuple[Detection, ...]  # the hits of the evidence frame
+    zone: str | None = None  # the camera zone the violation is in; None: the whole picture
+    phase: Literal["start", "end"] = "start"
+    ended_at: float | None = None  # end events: the last time the violation was seen
+    end_reason: str = ""  # end events: cleared, rule_disabled, agent_stop
+    hits: int = 0  # frames that saw the violation in this episode (so far)

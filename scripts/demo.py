@@ -21,17 +21,12 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the project's loopback service harness
+from mclz_testkit.broker import Broker
+from mclz_testkit.clips import held_out_faces, make_picture_clip
+from mclz_testkit.mqtt import MqttCollector, MqttMessage
+from mclz_testkit.rtsp import RtspServer
 
-from services import (  # noqa: E402
-    Broker,
-    MqttCollector,
-    MqttMessage,
-    RtspServer,
-    held_out_faces,
-    make_picture_clip,
-)
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "videos" / "bareheaded_people_indoor.mp4"
 

@@ -1,8 +1,8 @@
 """Pytest fixtures that start real services (mosquitto, an RTSP camera) and make clips.
 
-The classes live in ``tests/services.py``; these fixtures start them on ephemeral loopback
-ports and always stop them at teardown. A missing mosquitto or GStreamer RTSP server makes
-the fixture fail (not skip) with the Debian package to install.
+The classes live in the dev-only ``mclz_testkit`` package (``testkit/``); these fixtures start
+them on ephemeral loopback ports and always stop them at teardown. A missing mosquitto or
+GStreamer RTSP server makes the fixture fail (not skip) with the Debian package to install.
 """
 
 from __future__ import annotations
@@ -13,27 +13,22 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
-from services import (
-    AgentProcess,
-    Broker,
+
+from mclz_testkit.agentproc import AgentProcess
+from mclz_testkit.broker import Broker
+from mclz_testkit.clips import SquaresFn, make_clip
+from mclz_testkit.common import MissingDependencyError, ServiceError
+from mclz_testkit.factories import (
     BrokerFactory,
     ClipFactory,
     CollectorFactory,
-    MissingDependencyError,
-    MqttCollector,
-    Netns,
-    NetnsBroker,
-    NetnsSubscriber,
     NetnsSubscriberFactory,
-    NetnsUnavailableError,
-    Pki,
-    RtspServer,
     RtspServerFactory,
-    ServiceError,
-    SquaresFn,
-    make_clip,
-    make_test_pki,
 )
+from mclz_testkit.mqtt import MqttCollector
+from mclz_testkit.netns import Netns, NetnsBroker, NetnsSubscriber, NetnsUnavailableError
+from mclz_testkit.pki import Pki, make_test_pki
+from mclz_testkit.rtsp import RtspServer
 
 SAMPLE_VIDEO = (
     Path(__file__).resolve().parents[1].parent / "shared/videos/bareheaded_people_indoor.mp4"
@@ -133,7 +128,7 @@ def netns_subscriber(netns_broker: NetnsBroker) -> Iterator[NetnsSubscriberFacto
 
 @pytest.fixture
 def rtsp_server_factory() -> Iterator[RtspServerFactory]:
-    """Start ``scripts/rtsp_server.py`` cameras ``(mounts, loop, user, password)``."""
+    """Start ``scripts/tools/rtsp_server.py`` cameras ``(mounts, loop, user, password)``."""
     servers: list[RtspServer] = []
 
     def make(
@@ -156,7 +151,7 @@ def rtsp_server_factory() -> Iterator[RtspServerFactory]:
 
 @pytest.fixture
 def clip_factory(tmp_path: Path) -> ClipFactory:
-    """Write H.264/H.265 MP4 clips under the test's tmp dir (see ``services.make_clip``)."""
+    """Write H.264/H.265 MP4 clips under the test's tmp dir (``mclz_testkit.clips.make_clip``)."""
 
     def make(
         name: str = "clip.mp4",

@@ -4,7 +4,7 @@
     publisher_child.py DB URL --drain         send what the outbox holds, stop, exit 0
 
 It prints ``started`` once its imports are done, then each alert id only after
-``Outbox.enqueue`` returned: a printed id is committed, so it must reach the broker some day.
+``Store.enqueue`` returned: a printed id is committed, so it must reach the broker some day.
 The drain run prints ``drained`` and exits 0 when the outbox is empty, or exits 1 when it
 is not within ``--timeout`` seconds.
 """
@@ -22,7 +22,7 @@ from typing import NoReturn
 import yaml
 
 from agent.config import AgentConfig, parse_config
-from agent.store.outbox import Outbox
+from agent.store.store import Store
 from agent.uplink.client import Uplink
 
 ROOT = "mclz/hz/s1/box-01"
@@ -38,7 +38,7 @@ def make_config(url: str, *, max_rate: float) -> AgentConfig:
     return parse_config(yaml.safe_dump(data))
 
 
-def publish_forever(box: Outbox, uplink: Uplink, prefix: str, rng: random.Random) -> NoReturn:
+def publish_forever(box: Store, uplink: Uplink, prefix: str, rng: random.Random) -> NoReturn:
     """Commit alerts one by one, printing each id once its commit returned."""
     n = 0
     while True:
@@ -51,7 +51,7 @@ def publish_forever(box: Outbox, uplink: Uplink, prefix: str, rng: random.Random
         time.sleep(rng.uniform(0.0, 0.02))
 
 
-def drain(box: Outbox, uplink: Uplink, timeout: float) -> bool:
+def drain(box: Store, uplink: Uplink, timeout: float) -> bool:
     """Wait until the outbox is empty; return whether it is."""
     deadline = time.monotonic() + timeout
     while box.backlog() and time.monotonic() < deadline:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="drain timeout, seconds")
     args = parser.parse_args(argv)
     print("started", flush=True)
-    box = Outbox(args.db)
+    box = Store(args.db)
     # Publishing: the default rate limit, so a backlog builds up and is cut by the kills.
     # Draining: no limit, so the test stays short.
     uplink = Uplink(make_config(args.url, max_rate=0 if args.drain else 20), box)

@@ -16,25 +16,18 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
-from services import free_port
 from typer.testing import CliRunner
 
-from agent.alarm.alarm import (
-    PROMPT_TEXTS,
-    SAMPLE_RATE,
-    Alarm,
-    SoundBank,
-    Sounder,
-    display_url,
-    make_sounder,
-    read_wav,
-)
+from agent.alarm.policy import Alarm
+from agent.alarm.sounders import Sounder, display_url, make_sounder
+from agent.alarm.sounds import PROMPT_TEXTS, SAMPLE_RATE, SoundBank, read_wav
 from agent.cli.main import app
 from agent.config import AlarmConfig, BeepConfig, SounderConfig
 from agent.errors import SounderError
 from agent.rules.engine import Alert
-from agent.store.outbox import Outbox
+from agent.store.store import Store
 from agent.uplink.overrides import Mute
+from mclz_testkit.common import free_port
 
 TZ = ZoneInfo("Asia/Shanghai")
 SOUNDS = Path(__file__).resolve().parents[1] / "agent" / "sounds"
@@ -98,13 +91,13 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 @pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    with Outbox(tmp_path / "agent.db") as store:
+def outbox(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "agent.db") as store:
         yield store
 
 
 def make_alarm(
-    outbox: Outbox, clock: Clock | None = None, sounder: Sounder | None = None, **fields: Any
+    outbox: Store, clock: Clock | None = None, sounder: Sounder | None = None, **fields: Any
 ) -> Alarm:
     config = AlarmConfig.model_validate({"queue_size": 100, **fields})
     return Alarm(
@@ -159,7 +152,7 @@ def check_beeps(beeps: list[np.ndarray], beep: BeepConfig) -> None:
     [("info", 880.0, 1), ("warning", 1000.0, 2), ("critical", 1500.0, 3)],
 )
 def test_file_sink_renders_the_severity_beeps_then_the_prompt(
-    tmp_path: Path, outbox: Outbox, severity: str, frequency: float, count: int
+    tmp_path: Path, outbox: Store, severity: str, frequency: float, count: int
 ) -> None:
     """The WAV played has the severity's default beeps (Hz ±2 %, ms ±10), then the words."""
     config = AlarmConfig.model_validate(
@@ -186,7 +179,7 @@ def test_file_sink_renders_the_severity_beeps_then_the_prompt(
     assert row.duration_ms is not None
 
 
-def test_beeps_are_configurable(outbox: Outbox) -> None:
+def test_beeps_are_configurable(outbox: Store) -> None:
     """Frequency, tone length and count come from alarm.beeps."""
     beep = {"frequency": 2345, "duration": "250ms", "count": 4, "gap": "80ms"}
     alarm = make_alarm(outbox, beeps={"critical": beep})
@@ -241,7 +234,7 @@ def test_school_recording_replaces_prompt_and_place_is_appended(tmp_path: Path) 
 # --------------------------------------------------------------------------- policy
 
 
-def test_cooldown_per_camera_and_type(outbox: Outbox) -> None:
+def test_cooldown_per_camera_and_type(outbox: Store) -> None:
     """A second start of the same camera x type within the cooldown is suppressed; ends ignored."""
     clock = Clock(datetime(2026, 11, 25, 10, 0, tzinfo=TZ))
     alarm = make_alarm(outbox, clock)
@@ -269,9 +262,7 @@ def test_cooldown_per_camera_and_type(outbox: Outbox) -> None:
         (datetime(2026, 11, 25, 12, 30), "quiet_hours"),  # weekday lunch break
     ],
 )
-def test_quiet_hours_in_the_kitchen_time_zone(
-    outbox: Outbox, when: datetime, expected: str
-) -> None:
+def test_quiet_hours_in_the_kitchen_time_zone(outbox: Store, when: datetime, expected: str) -> None:
     """Quiet-hour windows are local time (identity.tz) and may run past midnight."""
     clock = Clock(when.replace(tzinfo=TZ))
     quiet = [
@@ -282,7 +273,7 @@ def test_quiet_hours_in_the_kitchen_time_zone(
     assert alarm.on_alert(alert()) == expected
 
 
-def test_hourly_cap_slides(outbox: Outbox) -> None:
+def test_hourly_cap_slides(outbox: Store) -> None:
     """At most max_per_hour alarms in any hour; the oldest leaving the hour frees a slot."""
     clock = Clock(datetime(2026, 11, 25, 10, 0, tzinfo=TZ))
     alarm = make_alarm(outbox, clock, cooldown=0, max_per_hour=3)
@@ -299,14 +290,14 @@ def test_hourly_cap_slides(outbox: Outbox) -> None:
 def test_mute_survives_a_restart_and_is_seen_by_a_running_alarm(tmp_path: Path) -> None:
     """A mute set by another process is honoured at once, after a restart too, until it ends."""
     db = tmp_path / "agent.db"
-    with Outbox(db) as store:
+    with Store(db) as store:
         clock = Clock(datetime.now(TZ))
         alarm = make_alarm(store, clock)
-        with Outbox(db) as cli_store:  # what `mclz-agent alarm mute 10` does
+        with Store(db) as cli_store:  # what `mclz-agent alarm mute 10` does
             until = Mute(cli_store).set(10, source="cli")
         assert until is not None
         assert alarm.on_alert(alert()) == "muted"
-    with Outbox(db) as store:  # restart
+    with Store(db) as store:  # restart
         clock = Clock(datetime.now(TZ))
         alarm = make_alarm(store, clock)
         assert alarm.on_alert(alert()) == "muted"
@@ -320,20 +311,20 @@ def test_cooldown_and_cap_outlive_a_restart(tmp_path: Path) -> None:
     """Alarms played before a restart still count for the cooldown."""
     db = tmp_path / "agent.db"
     clock = Clock(datetime(2026, 11, 25, 10, 0, tzinfo=TZ))
-    with Outbox(db) as store:
+    with Store(db) as store:
         alarm = make_alarm(store, clock)
         alarm.start()
         assert alarm.on_alert(alert()) == "queued"
         wait_for(lambda: alarm.stats()["played"] == 1)
         alarm.stop(5)
-    with Outbox(db) as store:
+    with Store(db) as store:
         clock.now += 60
         alarm = make_alarm(store, clock)
         assert alarm.on_alert(alert()) == "cooldown"
         assert alarm.on_alert(alert(camera="kitchen-2")) == "queued"
 
 
-def test_disabled_or_speakerless_alarm_does_nothing(outbox: Outbox) -> None:
+def test_disabled_or_speakerless_alarm_does_nothing(outbox: Store) -> None:
     """enabled: false or sounder kind none: alerts are not the alarm's business (no rows)."""
     off = Alarm(AlarmConfig(enabled=False), outbox, Mute(outbox), tz=TZ)
     none = Alarm(AlarmConfig(), outbox, Mute(outbox), tz=TZ)
@@ -344,7 +335,7 @@ def test_disabled_or_speakerless_alarm_does_nothing(outbox: Outbox) -> None:
     assert outbox.alarms() == []
 
 
-def test_on_alert_enqueues_and_a_full_queue_drops(outbox: Outbox) -> None:
+def test_on_alert_enqueues_and_a_full_queue_drops(outbox: Store) -> None:
     """on_alert returns while the sounder is still busy; beyond queue_size alarms are dropped."""
     sounder = RecordingSounder()
     sounder.gate.clear()
@@ -438,7 +429,7 @@ def speaker() -> Iterator[SpeakerServer]:
     server.close()
 
 
-def http_alarm(outbox: Outbox, url: str, **sounder: Any) -> Alarm:
+def http_alarm(outbox: Store, url: str, **sounder: Any) -> Alarm:
     config = AlarmConfig.model_validate(
         {"cooldown": 0, "sounder": {"kind": "http", "url": url, "timeout": 5, **sounder}}
     )
@@ -446,7 +437,7 @@ def http_alarm(outbox: Outbox, url: str, **sounder: Any) -> Alarm:
 
 
 def test_http_sounder_uploads_the_wav(
-    outbox: Outbox, speaker: SpeakerServer, monkeypatch: pytest.MonkeyPatch
+    outbox: Store, speaker: SpeakerServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The speaker gets the WAV with the configured method, headers and basic auth."""
     monkeypatch.setenv("SPEAKER_PW", "spk-Secret-9")
@@ -475,7 +466,7 @@ def test_http_sounder_uploads_the_wav(
     check_beeps(beep_segments(request["body"], 3), BeepConfig(frequency=1500, count=3))
 
 
-def test_slow_speaker_does_not_block_on_alert(outbox: Outbox, speaker: SpeakerServer) -> None:
+def test_slow_speaker_does_not_block_on_alert(outbox: Store, speaker: SpeakerServer) -> None:
     """on_alert has returned while the speaker is still receiving; the play then completes."""
     speaker.release.clear()
     alarm = http_alarm(outbox, speaker.url)
@@ -493,7 +484,7 @@ def test_slow_speaker_does_not_block_on_alert(outbox: Outbox, speaker: SpeakerSe
 
 @pytest.mark.parametrize("failure", ["http_500", "unreachable", "command_exit_1", "no_aplay"])
 def test_failing_sounders_are_counted_and_recorded(
-    tmp_path: Path, outbox: Outbox, monkeypatch: pytest.MonkeyPatch, failure: str
+    tmp_path: Path, outbox: Store, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
     """A sounder that fails is logged, counted (sounder_failed) and recorded; nothing raises."""
     server = SpeakerServer(status=500)
@@ -535,13 +526,13 @@ def test_command_sounder_gets_the_file(tmp_path: Path) -> None:
 
 
 def test_speaker_url_tokens_stay_out_of_logs(
-    outbox: Outbox, caplog: pytest.LogCaptureFixture
+    outbox: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A token in the speaker URL's query or userinfo is masked in messages and logs."""
     assert display_url("http://u:pw@host/play?token=abc") == "http://u:***@host/play?***"
     url = f"http://127.0.0.1:{free_port()}/play?token=Tok-123456"
     alarm = http_alarm(outbox, url)
-    caplog.set_level(logging.INFO, logger="agent.alarm.alarm")
+    caplog.set_level(logging.INFO, logger="agent.alarm")
     alarm.start()
     try:
         alarm.on_alert(alert())
@@ -585,7 +576,7 @@ def test_cli_alarm_mute(tmp_path: Path) -> None:
     result = runner.invoke(app, ["alarm", "mute", "30", "--config", str(cfg)])
     assert result.exit_code == 0, result.output
     assert "alarm muted until" in result.output
-    with Outbox(tmp_path / "state" / "agent.db") as store:
+    with Store(tmp_path / "state" / "agent.db") as store:
         until = Mute(store).until
         assert until is not None
         assert abs(until - time.time() - 1800) < 60
@@ -595,7 +586,7 @@ def test_cli_alarm_mute(tmp_path: Path) -> None:
     result = runner.invoke(app, ["alarm", "mute", "0", "--config", str(cfg)])
     assert result.exit_code == 0
     assert "unmuted" in result.output
-    with Outbox(tmp_path / "state" / "agent.db") as store:
+    with Store(tmp_path / "state" / "agent.db") as store:
         assert not Mute(store).muted()
 
 
@@ -628,7 +619,7 @@ def test_cli_alarm_log(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, {"kind": "none"})
     result = runner.invoke(app, ["alarm", "log", "--config", str(cfg)])
     assert result.exit_code == 4  # no database yet
-    with Outbox(tmp_path / "state" / "agent.db") as store:
+    with Store(tmp_path / "state" / "agent.db") as store:
         clock = Clock(datetime(2026, 11, 25, 10, 0, tzinfo=TZ))
         alarm = make_alarm(store, clock)
         alarm.on_alert(alert())

@@ -15,11 +15,12 @@ from typing import Any
 import cv2
 import pytest
 import typer.main
-from services import ClipFactory, RtspServerFactory, free_port
 from typer.testing import CliRunner
 
 from agent import __version__
 from agent.cli.main import app
+from mclz_testkit.common import free_port
+from mclz_testkit.factories import ClipFactory, RtspServerFactory
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "Probe-S3cret!"
@@ -229,7 +230,7 @@ def test_camera_probe_survives_garbage_on_the_port() -> None:
 
 def test_camera_list_shows_saved_health_and_redacts(tmp_path: Path) -> None:
     """camera list reads each camera's last saved health from the database, URLs redacted."""
-    from agent.store.outbox import Outbox  # noqa: PLC0415
+    from agent.store.store import Store  # noqa: PLC0415
 
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(
@@ -238,7 +239,7 @@ def test_camera_list_shows_saved_health_and_redacts(tmp_path: Path) -> None:
         "cameras:\n  k1:\n    url: rtsp://admin@cam1/x\n"
         "  k2:\n    url: rtsp://cam2/y\n    enabled: false\n"
     )
-    store = Outbox(tmp_path / "state" / "agent.db")
+    store = Store(tmp_path / "state" / "agent.db")
     store.save_camera_health(
         {"k1": {"state": "online", "since": 1.0, "fps": 12.5, "quality": "fair"}}, now=time.time()
     )
@@ -259,7 +260,7 @@ def test_camera_list_shows_saved_health_and_redacts(tmp_path: Path) -> None:
 def test_outbox_stats_and_alerts_commands(tmp_path: Path) -> None:
     """outbox stats shows the backlog by kind; alerts list/show/export read the local store."""
     from agent.records import AlertRecord  # noqa: PLC0415
-    from agent.store.outbox import Outbox  # noqa: PLC0415
+    from agent.store.store import Store  # noqa: PLC0415
 
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(
@@ -267,7 +268,7 @@ def test_outbox_stats_and_alerts_commands(tmp_path: Path) -> None:
         f"storage: {{state_dir: {tmp_path / 'state'}}}\n"
     )
     assert runner.invoke(app, ["outbox", "stats", "--config", str(cfg)]).exit_code == 4
-    store = Outbox(tmp_path / "state" / "agent.db")
+    store = Store(tmp_path / "state" / "agent.db")
     for i in range(2):
         record = AlertRecord(f"a{i}", "k1", "no_hat", "warning", 1.0, 2.0 + i, 0.8, [], None)
         store.record_alert(

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.store.outbox import Outbox
+from agent.store.store import Store
 from agent.uplink.commands import (
     MAX_COMMAND_BYTES,
     CommandError,
@@ -68,7 +68,7 @@ def test_response_topic_rules() -> None:
 
 def test_handle_replies_records_and_carries_correlation(tmp_path: Path) -> None:
     """Replies go to the response topic with the correlation data; every command is recorded."""
-    box = Outbox(tmp_path / "agent.db")
+    box = Store(tmp_path / "agent.db")
     woken: list[bool] = []
     commands = Commands(box, "root/command/reply", HANDLERS, on_reply=lambda: woken.append(True))
     ok = commands.handle(b'{"id": "r1", "command": "ping"}', "platform/replies/1", b"\x01\x02")

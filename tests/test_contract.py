@@ -15,7 +15,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from services import Broker, ClipFactory, RtspServerFactory, mqtt_connect
-from synthetic_model import build_pattern_model
 
 from agent import __version__
 from agent.config import AgentConfig, load_config, parse_config
-from agent.store.outbox import Outbox
+from agent.records import AlertEvent, CameraState, Detection, EvidenceInfo, Outage, Transition
+from agent.store.store import Store
+from agent.uplink import messages
 from agent.uplink.client import Uplink
 from agent.uplink.messages import SCHEMA_VERSION, Topics, availability_payload
+from mclz_testkit.broker import Broker
+from mclz_testkit.factories import ClipFactory, RtspServerFactory
+from mclz_testkit.mqtt import mqtt_connect
+from mclz_testkit.synthetic_model import build_pattern_model
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "mqtt"
@@ -302,7 +306,7 @@ def test_every_topic_the_code_builds_matches_one_channel(prefix: str, tmp_path: 
     """Each topic of contract.Topics and the uplink matches one channel, with its parameters."""
     config = box_config(prefix)
     topics = Topics(config)
-    outbox = Outbox(tmp_path / "agent.db")
+    outbox = Store(tmp_path / "agent.db")
     try:
         uplink = Uplink(config, outbox)
     finally:
@@ -345,6 +349,139 @@ def test_last_will_matches_the_availability_channel() -> None:
     real = json.loads(availability_payload("offline", "connection_lost", None))
     jsonschema.validate(real, schema)
     assert "ts" not in real
+
+
+# --------------------------------------------------------------------------- the builders
+
+# What the builders produced for these inputs before they took plain records (agent.records)
+# instead of the rule engine's Alert and the evidence module's Evidence, byte for byte (the
+# ids and the severity, copied through unchanged, were made schema-valid afterwards).
+GOLDEN_START = (
+    '{"v":1,"id":"alert-01","alert_id":"alert-01","event":"start",'
+    '"ts":"2026-09-21T14:13:22.500Z",'
+    '"box":{"city":"hz","school_id":"s-001","box_id":"box-01"},"type":"no_hat",'
+    '"severity":"warning","camera":"kitchen-1","camera_name":"后厨","zone":"prep",'
+    '"zone_name":"备餐区","started_at":"2026-09-21T14:13:20.250Z",'
+    '"raised_at":"2026-09-21T14:13:22.500Z","duration_s":2.25,"hits":7,"confidence":0.9123,'
+    '"model":"m@1","detections":[{"label":"head_bare","confidence":0.8765,'
+    '"box":[0.1,0.2,0.33333,0.4]}],"evidence":{"mime":"image/jpeg","width":640,"height":360,'
+    '"bytes":6,"sha256":"' + "ab" * 32 + '","source":"main",'
+    '"topic":"mclz/hz/s-001/box-01/evidence/alert-01"}}'
+)
+GOLDEN_END_WITHOUT_TS = (
+    '{"v":1,"id":"alert-01:end","alert_id":"alert-01","event":"end",'
+    '"box":{"city":"hz","school_id":"s-001","box_id":"box-01"},"type":"no_hat",'
+    '"severity":"warning","camera":"kitchen-1","camera_name":"后厨","zone":null,"zone_name":"",'
+    '"started_at":"2026-09-21T14:13:20.250Z","raised_at":"2026-09-21T14:13:22.500Z",'
+    '"duration_s":29.875,"hits":7,"confidence":0.9123,"model":"m@1",'
+    '"detections":[{"label":"head_bare","confidence":0.8765,"box":[0.1,0.2,0.33333,0.4]}],'
+    '"ended_at":"2026-09-21T14:13:50.125Z","end_reason":"cleared"}'
+)
+GOLDEN_STATUS = (
+    '{"v":1,"id":"status-01","ts":"2026-09-21T14:15:01.000Z",'
+    '"box":{"city":"hz","school_id":"s-001","box_id":"box-01"},"camera":"kitchen-1",'
+    '"name":"后厨","state":"offline","previous":"online","since":"2026-09-21T14:15:00.000Z",'
+    '"reason":"timeout","last_frame_age_s":null,"fps":5.0,"expected_fps":null,'
+    '"detect_fps":0.0,"reconnects":0,"reconnects_1h":0,"stalls_1h":0,"decode_errors":0,'
+    '"codec":"","width":0,"height":0,"quality":"unusable","picture":["black"],'
+    '"last_error_class":"","outage":{"since":"2026-09-21T14:14:10.000Z","until":null,'
+    '"duration_s":0.0,"reason":"timeout"}}'
+)
+
+
+def golden_config() -> AgentConfig:
+    """Box ``hz/s-001/box-01`` with camera ``kitchen-1`` (后厨) and its zone ``prep`` (备餐区)."""
+    data = {
+        "identity": {"city": "hz", "school_id": "s-001", "box_id": "box-01"},
+        "mqtt": {"topic_prefix": "mclz"},
+        "cameras": {
+            "kitchen-1": {
+                "name": "后厨",
+                "url": "rtsp://127.0.0.1:1/kitchen",
+                "zones": {"prep": {"name": "备餐区", "polygon": [[0, 0], [1, 0], [1, 1]]}},
+            }
+        },
+    }
+    return parse_config(yaml.safe_dump(data, allow_unicode=True))
+
+
+def test_alert_payloads_from_records_are_unchanged() -> None:
+    """The alert start (with evidence) and end (without) built from records are the bytes the
+    builders produced before, fit the alert schema, and the stored record keeps the raw
+    values and the evidence path."""
+    config = golden_config()
+    hit = Detection("head_bare", 0, 0.87654321, (0.1, 0.2, 0.333333333, 0.4))
+    start = AlertEvent(
+        id="alert-01",
+        type="no_hat",
+        severity="warning",
+        camera_id="kitchen-1",
+        started_at=1_790_000_000.25,
+        raised_at=1_790_000_002.5,
+        confidence=0.912345678,
+        detections=(hit,),
+        zone="prep",
+        hits=7,
+    )
+    image = EvidenceInfo(
+        path="/state/evidence/alert-01.jpg",
+        width=640,
+        height=360,
+        size=6,
+        sha256="ab" * 32,
+        source="main",
+    )
+    end = replace(start, phase="end", ended_at=1_790_000_030.125, end_reason="cleared", zone=None)
+    schema = json.loads((DOCS / "alert.schema.json").read_text("utf-8"))
+
+    started = messages.alert(config, start, image, model="m@1")
+    ended = messages.alert(config, end, None, model="m@1")
+
+    assert messages.encode(started) == GOLDEN_START.encode()
+    jsonschema.validate(ended, schema)
+    jsonschema.validate(started, schema)
+    del ended["ts"]  # the time the end was built
+    assert messages.encode(ended) == GOLDEN_END_WITHOUT_TS.encode()
+    record = messages.alert_record(start, image)
+    assert (record.id, record.camera, record.zone, record.confidence) == (
+        "alert-01",
+        "kitchen-1",
+        "prep",
+        0.912345678,
+    )
+    assert record.evidence_path == "/state/evidence/alert-01.jpg"
+    assert record.detections == [
+        {"label": "head_bare", "confidence": 0.87654321, "box": [0.1, 0.2, 0.333333333, 0.4]}
+    ]
+    assert messages.alert_record(end, None).evidence_path is None
+
+
+def test_camera_status_payload_from_records_is_unchanged() -> None:
+    """A status built from a Transition and an open Outage is the bytes it was before."""
+    change = Transition(
+        "kitchen-1",
+        CameraState.ONLINE,
+        CameraState.OFFLINE,
+        1_790_000_100.0,
+        "timeout",
+        1_790_000_050.0,
+    )
+    outage = Outage("kitchen-1", 1_790_000_050.0, None, None, "timeout", None)
+    health = {"state": "online", "since": 1_790_000_000.0, "fps": 5.0}
+
+    body = messages.camera_status(
+        golden_config(),
+        "status-01",
+        "kitchen-1",
+        health,
+        now=1_790_000_101.0,
+        transition=change,
+        outage=outage,
+        picture=["black"],
+    )
+
+    assert messages.encode(body) == GOLDEN_STATUS.encode()
+    jsonschema.validate(body, json.loads((DOCS / "camera_status.schema.json").read_text("utf-8")))
 
 
 # --------------------------------------------------------------------------- a real run

@@ -15,24 +15,13 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from services import (
-    AgentProcess,
-    Broker,
-    ClipFactory,
-    CollectorFactory,
-    MqttCollector,
-    RtspServerFactory,
-    load_schema,
-    mqtt_publish,
-)
-from synthetic_model import build_pattern_model
 from test_e2e import ROOT, magenta_after, payloads, write_config
 
 from agent.config import RuleConfig, parse_config
 from agent.records import Detection
 from agent.rules.engine import RuleEngine
 from agent.service.telemetry import clock_status
-from agent.store.outbox import Outbox
+from agent.store.store import Store
 from agent.uplink.commands import CommandError
 from agent.uplink.overrides import (
     Mute,
@@ -42,6 +31,11 @@ from agent.uplink.overrides import (
     effective_rules,
     merge_rule,
 )
+from mclz_testkit.agentproc import AgentProcess
+from mclz_testkit.broker import Broker
+from mclz_testkit.factories import ClipFactory, CollectorFactory, RtspServerFactory
+from mclz_testkit.mqtt import MqttCollector, load_schema, mqtt_publish
+from mclz_testkit.synthetic_model import build_pattern_model
 
 BOX = "identity: {city: hz, school_id: s-001, box_id: box-01}\n"
 RULES = {"no_hat": RuleConfig(labels=("head_bare",), min_duration=3.0, cooldown=600.0)}
@@ -65,13 +59,13 @@ def test_merge_rule_validates_like_the_config_file() -> None:
 def test_overrides_persist_across_a_reopen_and_reset(tmp_path: Path) -> None:
     """A stored override applies on top of the config after a restart, until it is reset."""
     db = tmp_path / "agent.db"
-    outbox = Outbox(db)
+    outbox = Store(db)
     name, rule, stored = RuleOverrides(outbox).set(RULES, {"rule": "no_hat", "cooldown": "2m"})
     assert (name, rule.cooldown, stored) == ("no_hat", 120.0, {"cooldown": 120.0})
     RuleOverrides(outbox).set(RULES, {"rule": "no_hat", "min_duration": 7})
     outbox.close()
 
-    outbox = Outbox(db)
+    outbox = Store(db)
     overrides = RuleOverrides(outbox)
     assert overrides.load() == {"no_hat": {"cooldown": 120.0, "min_duration": 7.0}}
     effective = effective_rules(RULES, overrides.load())
@@ -99,7 +93,7 @@ def test_bad_set_arguments_are_refused_and_store_nothing(
     tmp_path: Path, args: dict[str, Any], message: str
 ) -> None:
     """Every bad ``set`` is a CommandError with the reason; no override is stored."""
-    with Outbox(tmp_path / "agent.db") as outbox:
+    with Store(tmp_path / "agent.db") as outbox:
         with pytest.raises(CommandError, match=message):
             RuleOverrides(outbox).set(RULES, args)
         assert RuleOverrides(outbox).load() == {}
@@ -107,7 +101,7 @@ def test_bad_set_arguments_are_refused_and_store_nothing(
 
 def test_stored_override_for_a_vanished_rule_is_skipped(tmp_path: Path) -> None:
     """An override whose rule left the config is ignored (and kept for its return)."""
-    with Outbox(tmp_path / "agent.db") as outbox:
+    with Store(tmp_path / "agent.db") as outbox:
         RuleOverrides(outbox).set(RULES, {"rule": "no_hat", "cooldown": 60})
         assert effective_rules({}, RuleOverrides(outbox).load()) == {}
         assert RuleOverrides(outbox).load() == {"no_hat": {"cooldown": 60.0}}
@@ -116,7 +110,7 @@ def test_stored_override_for_a_vanished_rule_is_skipped(tmp_path: Path) -> None:
 def test_mute_survives_a_restart_and_ends(tmp_path: Path) -> None:
     """mute N stores the end time; a new process sees it; 0 unmutes; bad values refused."""
     db = tmp_path / "agent.db"
-    with Outbox(db) as outbox:
+    with Store(db) as outbox:
         mute = Mute(outbox)
         assert mute.until is None
         assert not mute.muted()
@@ -126,14 +120,14 @@ def test_mute_survives_a_restart_and_ends(tmp_path: Path) -> None:
         for bad in (-1, 1441, "10", True, float("nan"), None):
             with pytest.raises(CommandError, match="'minutes' must be a number"):
                 mute.set(bad, source="test")
-    with Outbox(db) as outbox:
+    with Store(db) as outbox:
         again = Mute(outbox)
         assert again.muted()
         assert again.until == until
         assert not again.muted(until + 1)
         assert again.set(0, source="test") is None
         assert not again.muted()
-    with Outbox(db) as outbox:
+    with Store(db) as outbox:
         assert not Mute(outbox).muted()
 
 

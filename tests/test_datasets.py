@@ -171,7 +171,7 @@ def test_headcover_folder_maps_ids_and_keeps_empty_files_as_background(
 
 
 def test_prepare_data_writes_the_same_boxes_in_yolo_form(shared: Path, tmp_path: Path) -> None:
-    """scripts/prepare_data.py reads through agent.datasets: the VOC boxes come out as
+    """scripts/train/prepare_data.py reads through agent.datasets: the VOC boxes come out as
     ``class cx cy w h`` of the hand-checked numbers, the polygon as its bounding box."""
     src = tmp_path / "shared"
     subset(shared / "facemask", src / "facemask", [VOC_FILE], "annotations", ".xml")
@@ -180,7 +180,7 @@ def test_prepare_data_writes_the_same_boxes_in_yolo_form(shared: Path, tmp_path:
     result = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "prepare_data.py"),
+            str(REPO / "scripts" / "train" / "prepare_data.py"),
             "--shared",
             str(src),
             "--out",

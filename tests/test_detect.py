@@ -18,22 +18,14 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from synthetic_model import DEFAULT_LABELS, build_pattern_model
 
-from agent.detect.detector import (
-    MANIFEST_FORMAT,
-    MAX_BATCH,
-    Detector,
-    Letterbox,
-    ModelPackage,
-    View,
-    letterbox,
-    load_model_package,
-    nms,
-    write_manifest,
-)
+from agent.config import ViewConfig
+from agent.detect.detector import MAX_BATCH, Detector, Letterbox, letterbox, nms
+from agent.detect.model import MANIFEST_FORMAT, ModelPackage, load_model_package, write_manifest
+from agent.detect.views import View
 from agent.errors import ModelError
 from agent.records import Detection
+from mclz_testkit.synthetic_model import DEFAULT_LABELS, build_pattern_model
 
 FRAME_SIZES = [(640, 360), (768, 432)]
 MAGENTA, CYAN = 0, 1  # class ids of the pattern model
@@ -166,7 +158,7 @@ def video_keyframes(path: Path) -> Iterator[Frame]:
 def numpy_greedy_nms(
     boxes: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], classes: list[int], thr: float
 ) -> list[int]:
-    """Textbook greedy NMS, one box at a time: the oracle for agent.detect.nms."""
+    """Textbook greedy NMS, one box at a time: the oracle for agent.detect.detector.nms."""
     order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
     keep: list[int] = []
     for i in order:
@@ -850,6 +842,14 @@ def test_view_rejects_impossible_values() -> None:
         View(cols=0)
     with pytest.raises(ValueError, match="overlap"):
         View(cols=2, overlap=1.0)
+
+
+def test_view_from_config_keeps_crop_tiles_and_overlap() -> None:
+    """A camera's ``view:`` section becomes the View the detector runs: the same crop,
+    [columns, rows] as cols and rows, the same overlap; the default section is the whole frame."""
+    section = ViewConfig(crop=(0.25, 0.1, 0.75, 0.9), tiles=(3, 2), overlap=0.2)
+    assert View.from_config(section) == View((0.25, 0.1, 0.75, 0.9), cols=3, rows=2, overlap=0.2)
+    assert View.from_config(ViewConfig()).is_whole
 
 
 @SETTINGS

@@ -13,22 +13,19 @@ from typing import Any
 
 import pytest
 import yaml
-from services import (
-    AgentProcess,
-    Broker,
-    BrokerFactory,
-    ClipFactory,
-    Pki,
-    RtspServerFactory,
-    free_port,
-)
-from synthetic_model import build_pattern_model
 from typer.testing import CliRunner
 
 from agent.cli.main import CHECK_FAILED, app
 from agent.install.doctor import check_clock
 from agent.records import AlertRecord
-from agent.store.outbox import Outbox
+from agent.store.database import db_path
+from agent.store.store import Store
+from mclz_testkit.agentproc import AgentProcess
+from mclz_testkit.broker import Broker
+from mclz_testkit.common import free_port
+from mclz_testkit.factories import BrokerFactory, ClipFactory, RtspServerFactory
+from mclz_testkit.pki import Pki
+from mclz_testkit.synthetic_model import build_pattern_model
 
 CAM_SECRET = "Doctor-Cam-S3cret"
 MQTT_SECRET = "Doctor-Mqtt-S3cret"
@@ -103,7 +100,7 @@ def test_check_good_setup_passes(
     for name in ("config", "disk", "broker", "camera kitchen-1", "model", "audio"):
         assert checks[name]["verdict"] == "ok", checks[name]
     assert checks["database"]["detail"].endswith("no database yet (created on the first run)")
-    assert not (tmp_path / "state" / "agent.db").exists(), "check must not create the database"
+    assert not db_path(tmp_path / "state").exists(), "check must not create the database"
     assert "fps" in checks["camera kitchen-1"]["detail"]
     assert "keyframe every 1.0 s" in checks["camera kitchen-1"]["detail"]
     assert checks["audio"]["detail"] == "no speaker configured"
@@ -211,8 +208,8 @@ def test_check_clock_never_set_fails() -> None:
 def test_check_corrupt_database_fails(broker: Broker, model_dir: Path, tmp_path: Path) -> None:
     """A database whose pages were overwritten: the database line FAILs, nothing else."""
     config = write_config(tmp_path, broker.url, model_dir)
-    db = tmp_path / "state" / "agent.db"
-    with Outbox(db) as store:
+    db = db_path(tmp_path / "state")
+    with Store(db) as store:
         for i in range(200):
             store.enqueue("t/x", b"x" * 500, kind="heartbeat", msg_id=f"m{i}")
     with db.open("r+b") as handle:  # keep the header, wreck the b-tree pages after it
@@ -241,15 +238,15 @@ def test_status_without_database(tmp_path: Path, model_dir: Path) -> None:
     result = runner.invoke(app, ["status", "--config", str(config)])
     assert result.exit_code == 4
     assert "no database yet" in result.output
-    assert not (tmp_path / "state" / "agent.db").exists()
+    assert not db_path(tmp_path / "state").exists()
 
 
 def test_status_of_a_stopped_agent(tmp_path: Path, model_dir: Path) -> None:
     """State last written 2 h ago reads 'stopped or hung'; cameras, backlog, alerts shown."""
     config = write_config(tmp_path, "mqtt://127.0.0.1:1", model_dir)
-    db = tmp_path / "state" / "agent.db"
+    db = db_path(tmp_path / "state")
     then = time.time() - 7200
-    with Outbox(db) as store:
+    with Store(db) as store:
         store.save_camera_health(
             {
                 "kitchen-1": {
@@ -272,7 +269,7 @@ def test_status_of_a_stopped_agent(tmp_path: Path, model_dir: Path) -> None:
         store.enqueue("mclz/hz/s-001/box-01/heartbeat", b'{"uptime_s": 5}', kind="heartbeat")
         with sqlite3.connect(db) as conn:  # make every row as old as the health
             conn.execute("UPDATE outbox SET created_at = ?", (then,))
-    for file in (db, db.with_name("agent.db-wal")):
+    for file in (db, db.with_name(db.name + "-wal")):
         if file.exists():
             os.utime(file, (then, then))
     before = db.stat().st_mtime
@@ -298,16 +295,16 @@ def test_status_of_a_stopped_agent(tmp_path: Path, model_dir: Path) -> None:
 def test_status_tells_a_hung_agent_from_a_stopped_one(tmp_path: Path, model_dir: Path) -> None:
     """Old state but the recorded pid still alive: 'hung', not 'stopped'."""
     config = write_config(tmp_path, "mqtt://127.0.0.1:1", model_dir)
-    db = tmp_path / "state" / "agent.db"
+    db = db_path(tmp_path / "state")
     then = time.time() - 600
-    with Outbox(db) as store:
+    with Store(db) as store:
         store.save_camera_health({"kitchen-1": {"state": "online", "since": then}}, then)
         store.put_setting(
             "state.run", {"pid": os.getpid(), "started_at": then - 60, "version": "x"}, "agent"
         )
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE settings SET updated_at = ?", (then,))
-    for file in (db, db.with_name("agent.db-wal")):
+    for file in (db, db.with_name(db.name + "-wal")):
         if file.exists():
             os.utime(file, (then, then))
     result = runner.invoke(app, ["status", "--config", str(config), "--json"])
@@ -337,7 +334,7 @@ def test_status_of_a_running_agent(
     )
     agent = AgentProcess(config).start()
     agents.append(agent)
-    db = tmp_path / "state" / "agent.db"
+    db = db_path(tmp_path / "state")
     deadline = time.monotonic() + 20
     state: dict[str, Any] = {}
     while time.monotonic() < deadline:

@@ -31,19 +31,13 @@ from conftest import SmallDiskFactory
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from services import (
-    AgentProcess,
-    Broker,
-    ClipFactory,
-    CollectorFactory,
-    MqttCollector,
-    RtspServerFactory,
-    load_schema,
-    mqtt_publish,
-)
-from synthetic_model import build_pattern_model, build_slow_model
 
-from agent.detect.detector import load_model_package
+from agent.detect.model import load_model_package
+from mclz_testkit.agentproc import AgentProcess
+from mclz_testkit.broker import Broker
+from mclz_testkit.factories import ClipFactory, CollectorFactory, RtspServerFactory
+from mclz_testkit.mqtt import MqttCollector, load_schema, mqtt_publish
+from mclz_testkit.synthetic_model import build_pattern_model, build_slow_model
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = "mclz/hz/s-001/box-01"
@@ -151,7 +145,7 @@ def test_alert_travels_the_whole_path(
     assert alert["type"] == "no_hat"
     assert alert["camera"] == "kitchen-1"
     assert alert["camera_name"] == "后厨"
-    assert alert["duration_s"] >= 1.0
+    assert alert["duration_s"] > 0  # min_duration counts the interval before the first hit in
     det = alert["detections"][0]
     assert det["label"] == "head_bare"
     cx, cy = (det["box"][0] + det["box"][2]) / 2, (det["box"][1] + det["box"][3]) / 2
@@ -630,6 +624,63 @@ def test_evidence_comes_from_the_main_stream_when_configured(
     assert code == 0, agent.log[-3000:]
 
 
+def test_dead_main_stream_reads_offline_while_the_sub_stream_stays_online(
+    broker: Broker,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    mqtt_collector: CollectorFactory,
+    model_dir: Path,
+    tmp_path: Path,
+    agents: list[AgentProcess],
+) -> None:
+    """The main stream's state is ticked like the sub-stream's: when only the main stream dies,
+    the heartbeat's ``main_stream`` reads offline within ``offline_after`` (plus a tick and a
+    beat), while the camera itself stays online (its status never reads stalled or offline)."""
+    offline_after = 4.0
+    sub = rtsp_server_factory({"/sub": clip_factory("sub.mp4", width=640, height=360)})
+    main = rtsp_server_factory({"/main": clip_factory("main.mp4", width=1280, height=720)})
+    config = write_config(tmp_path, broker, sub.url("/sub"), model_dir)
+    data = yaml.safe_load(config.read_text())
+    data["cameras"]["kitchen-1"].update(
+        main_url=main.url("/main"), stall_timeout=2, offline_after=offline_after, open_timeout=2
+    )
+    data["heartbeat"] = {"interval": 1}
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    collector = mqtt_collector(broker.url, f"{ROOT}/#")
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+
+    def last_beat(ms: list[Any]) -> dict[str, Any] | None:
+        return json.loads(ms[-1].payload)["cameras"]["kitchen-1"] if ms else None
+
+    def main_state(wanted: str) -> Any:
+        def check(ms: list[Any]) -> bool:
+            camera = last_beat(ms)
+            return camera is not None and camera["main_stream"]["state"] == wanted
+
+        return check
+
+    collector.wait_for(main_state("online"), 40, topic_filter=f"{ROOT}/heartbeat")
+    main.kill()
+    killed = time.monotonic()
+    beats = collector.wait_for(main_state("offline"), 20, topic_filter=f"{ROOT}/heartbeat")
+    took = time.monotonic() - killed
+    # The last keyframe came up to a GOP (1 s) before the kill; the health loop ticks and
+    # the heartbeat goes out once a second each.
+    assert took <= offline_after + 3.0, took
+    beat = json.loads(beats[-1].payload)
+    jsonschema.validate(beat, load_schema("heartbeat"))
+    camera = beat["cameras"]["kitchen-1"]
+    assert camera["state"] == "online"
+    assert camera["main_stream"]["last_error_class"] in {"refused", "ended", "timeout"}
+    states = [p["state"] for p in payloads(collector, "camera/kitchen-1/status")]
+    assert states[-1] == "online"
+    assert not {"stalled", "offline"} & set(states), states
+    code, _ = agent.terminate()
+    assert code == 0, agent.log[-3000:]
+    assert "camera kitchen-1/main: stalled -> offline" in agent.log
+
+
 def test_black_picture_raises_a_camera_warning(
     broker: Broker,
     rtsp_server_factory: RtspServerFactory,
@@ -771,7 +822,9 @@ def test_static_violation_is_still_caught_with_change_gating(
     assert code == 0, agent.log
     starts = [a for a in payloads(collector, "alert") if a["event"] == "start"]
     assert len(starts) == 1
-    assert starts[0]["duration_s"] >= 3.0  # skipped frames kept the episode going
+    # Skipped frames kept the episode going; the rule counts the frame interval before the first
+    # hit in (rules.engine), so the first-seen-to-raised span can be up to ~1.5 intervals short.
+    assert starts[0]["duration_s"] >= 3.0 - 1.5 * 0.5
 
 
 def test_tiled_camera_catches_a_far_violation_the_whole_view_misses(

@@ -8,6 +8,7 @@ lay out a precision-recall curve whose AP can be worked out by hand.
 from __future__ import annotations
 
 import json
+import math
 import random
 import subprocess
 import sys
@@ -19,23 +20,28 @@ import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from synthetic_model import DEFAULT_LABELS, build_pattern_model
 from typer.testing import CliRunner
 
 from agent.cli.main import app
 from agent.detect.datasets import LabelledBox, load_dataset
-from agent.detect.detector import Detector, View, load_model_package, write_manifest
+from agent.detect.detector import Detector
 from agent.detect.evaluate import (
+    SIZE_BUCKETS,
     EvalReport,
     average_precision,
+    box_size,
     calibrate,
     evaluate,
     match_image,
     render_report,
     render_sweep,
+    size_bucket,
     sweep_thresholds,
 )
+from agent.detect.model import load_model_package, write_manifest
+from agent.detect.views import View
 from agent.records import Detection
+from mclz_testkit.synthetic_model import DEFAULT_LABELS, build_pattern_model
 
 Image = npt.NDArray[np.uint8]
 WIDTH, HEIGHT = 400, 300
@@ -73,12 +79,12 @@ def detector(package_dir: Path) -> Detector:
     return Detector(load_model_package(package_dir), conf_threshold=0.001, max_detections=300)
 
 
-def background(seed: int) -> Image:
+def background(seed: int, width: int = WIDTH, height: int = HEIGHT) -> Image:
     """Grey texture with a little colour noise: nothing the pattern model reacts to."""
     rng = np.random.default_rng(seed)
-    base = rng.integers(40, 200, (HEIGHT // 10 + 1, WIDTH // 10 + 1), dtype=np.uint8)
-    smooth = cv2.resize(base, (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR)
-    noise = rng.integers(-12, 13, (HEIGHT, WIDTH, 3), dtype=np.int16)
+    base = rng.integers(40, 200, (height // 10 + 1, width // 10 + 1), dtype=np.uint8)
+    smooth = cv2.resize(base, (width, height), interpolation=cv2.INTER_LINEAR)
+    noise = rng.integers(-12, 13, (height, width, 3), dtype=np.int16)
     noisy = smooth[:, :, None].astype(np.int16) + noise
     image: Image = np.clip(noisy, 0, 255).astype(np.uint8)
     return image
@@ -275,6 +281,162 @@ def test_report_renders_as_tables(detector: Detector, yolo_dataset: Path) -> Non
     assert report.ms_per_image > 0
 
 
+# --------------------------------------------------------------------------- object sizes
+
+# (label, x0, y0, w, h, drawn) in the image's pixels. Drawn objects are solid magenta
+# (head_bare) or cyan (face_no_mask) and at least 24 px in the model's 320 px input, which
+# the pattern model finds at 0.95; undrawn ones it cannot find.
+SizedObject = tuple[str, int, int, int, int, bool]
+SIZED: dict[str, tuple[int, int, list[SizedObject]]] = {
+    # 160x120, scaled 2x into the model: a 12 px head is 24 px there.
+    "small": (
+        160,
+        120,
+        [
+            ("head_bare", 20, 20, 12, 12, True),
+            ("head_bare", 100, 20, 10, 10, False),
+            ("head_bare", 100, 70, 16, 16, False),  # on an edge: the upper bucket
+        ],
+    ),
+    "small2": (160, 120, [("head_bare", 30, 40, 20, 20, True)]),
+    # 320x240, 1x: a 24x96 head is 48 px (sqrt of its area), not 96 (its long side).
+    "mid": (
+        320,
+        240,
+        [
+            ("head_bare", 40, 60, 24, 96, True),
+            ("head_bare", 200, 20, 10, 40, False),
+            ("face_no_mask", 200, 120, 40, 40, True),
+        ],
+    ),
+    # 640x480, 0.5x: 100x60 is 77 px in the image, 39 px in the model.
+    "large": (640, 480, [("head_bare", 100, 100, 100, 60, True)]),
+    # 800x600, 0.4x: buckets use the image's pixels (150 px), not the model's (60 px).
+    "huge": (
+        800,
+        600,
+        [("head_bare", 300, 200, 150, 150, True), ("head_bare", 50, 50, 128, 128, True)],
+    ),
+}
+PATTERN_SCORE = 0.95  # the pattern model's confidence for a solid patch filling its window
+SIZE_THRESHOLDS = {"head_bare": 0.5, "face_no_mask": 0.99}  # 0.99: above PATTERN_SCORE
+
+
+def reference_bucket(w: int, h: int) -> str:
+    """The bucket of a w x h pixel box, worked out without agent code."""
+    size = math.sqrt(w * h)
+    for name, upper in (("<16", 16), ("16-32", 32), ("32-64", 64), ("64-128", 128)):
+        if size < upper:
+            return name
+    return ">=128"
+
+
+@pytest.fixture
+def sized_dataset(tmp_path: Path) -> Path:
+    """A YOLO folder of images of several sizes with the objects of SIZED."""
+    root = tmp_path / "sized"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "classes.txt").write_text("".join(f"{n}\n" for n in DEFAULT_LABELS))
+    colours = {"head_bare": magenta(255), "face_no_mask": CYAN}
+    for seed, (stem, (width, height, objects)) in enumerate(SIZED.items()):
+        image = background(seed, width, height)
+        lines = []
+        for label, x0, y0, w, h, drawn in objects:
+            if drawn:
+                image[y0 : y0 + h, x0 : x0 + w] = colours[label]
+            cx, cy = (x0 + w / 2) / width, (y0 + h / 2) / height
+            cls = DEFAULT_LABELS.index(label)
+            lines.append(f"{cls} {cx:.6f} {cy:.6f} {w / width:.6f} {h / height:.6f}\n")
+        cv2.imwrite(str(root / "images" / f"{stem}.png"), image)
+        (root / "labels" / f"{stem}.txt").write_text("".join(lines))
+    return root
+
+
+def expected_sizes(label: str) -> dict[str, tuple[int, int]]:
+    """(gt, found) per bucket for ``label``, from SIZED: found when drawn and the model's
+    0.95 reaches the class's threshold."""
+    found_when_drawn = SIZE_THRESHOLDS[label] <= PATTERN_SCORE
+    counts = dict.fromkeys(SIZE_BUCKETS, (0, 0))
+    for _w, _h, objects in SIZED.values():
+        for name, _x, _y, w, h, drawn in objects:
+            if name == label:
+                bucket = reference_bucket(w, h)
+                gt, tp = counts[bucket]
+                counts[bucket] = (gt + 1, tp + (drawn and found_when_drawn))
+    return counts
+
+
+def test_recall_per_object_size_matches_the_drawn_objects(
+    detector: Detector, sized_dataset: Path
+) -> None:
+    """Each ground-truth box falls in the bucket of sqrt(w*h) in its image's pixels, and
+    counts as found when a detection at the class's threshold took it: per class and
+    bucket the counts are those worked out from the drawn objects, the buckets add up to
+    the class's gt and TP, and the JSON gives them under size_buckets."""
+    report = evaluate(
+        detector, load_dataset(sized_dataset), thresholds=SIZE_THRESHOLDS, violations={}
+    )
+    classes = {c.label: c for c in report.classes}
+    for label in ("head_bare", "face_no_mask"):
+        got = {b.bucket: (b.gt, b.tp) for b in report.size_buckets[label]}
+        assert got == expected_sizes(label), label
+        assert sum(b.gt for b in report.size_buckets[label]) == classes[label].gt
+        assert sum(b.tp for b in report.size_buckets[label]) == classes[label].tp
+    assert expected_sizes("head_bare")["<16"] == (2, 1)  # the worked example is not empty
+    assert expected_sizes("head_bare")[">=128"] == (2, 2)
+    assert classes["face_no_mask"].detections == 1  # found by the model, below 0.99
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["size_buckets"]["head_bare"]["16-32"] == {"gt": 3, "tp": 1, "recall": 1 / 3}
+    assert data["size_buckets"]["face_no_mask"]["32-64"] == {"gt": 1, "tp": 0, "recall": 0.0}
+    assert data["size_buckets"]["face_no_mask"]["<16"] == {"gt": 0, "tp": 0, "recall": None}
+    assert list(data["size_buckets"]["head_bare"]) == list(SIZE_BUCKETS)
+    assert data["size_edges_px"] == [16, 32, 64, 128]
+    assert data["stage"] == "detector"
+
+
+def test_size_table_is_printed_per_class(detector: Detector, sized_dataset: Path) -> None:
+    """The text report has the size table: per class, found/gt and recall per bucket, '-'
+    where the class has no ground truth of that size; it names the stage scored."""
+    report = evaluate(
+        detector,
+        load_dataset(sized_dataset),
+        thresholds=SIZE_THRESHOLDS,
+        violations={},
+        stage="faces",
+    )
+    assert report.stage == "faces"
+    text = render_report(report)
+    table = text.split("recall by object size (stage faces)", 1)[1].splitlines()
+    assert table[2].split() == ["class", *SIZE_BUCKETS]
+    head = next(line for line in table if line.startswith("head_bare "))
+    cells = [
+        f"{tp}/{gt} {tp / gt:.2f}" if gt else "-" for gt, tp in expected_sizes("head_bare").values()
+    ]
+    assert head.split() == ["head_bare", *" ".join(cells).split()]
+    face = next(line for line in table if line.startswith("face_no_mask "))
+    assert face.split() == ["face_no_mask", "-", "-", "0/1", "0.00", "-", "-"]
+
+
+def test_box_size_and_bucket_edges() -> None:
+    """sqrt(w*h) in pixels, a lower edge in its own bucket, and a box stored normalised
+    (16 px as 0.133333 of 120, YOLO's 6 decimals) is 16 px, not a hair under."""
+    assert box_size((0.0, 0.0, 0.1, 0.133333), 160, 120) == 16.0
+    assert size_bucket(box_size((0.0, 0.0, 0.1, 0.1), 160, 160)) == "16-32"
+    assert box_size((0.0, 0.0, 0.25, 1.0), 40, 40) == 20.0  # 10 x 40
+    assert [size_bucket(s) for s in (0.0, 15.99, 16, 31.99, 32, 64, 127.99, 128, 4000)] == [
+        "<16",
+        "<16",
+        "16-32",
+        "16-32",
+        "32-64",
+        "64-128",
+        "64-128",
+        ">=128",
+        ">=128",
+    ]
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
@@ -296,6 +458,8 @@ def test_cli_json_gives_the_same_numbers(
     ).to_dict()
     assert data["classes"] == expected["classes"]
     assert data["violations"] == expected["violations"]
+    assert data["size_buckets"] == expected["size_buckets"]
+    assert data["stage"] == "detector"
     assert data["map"] == pytest.approx(expected["map"])
     assert data["images"] == 6
 
@@ -455,10 +619,10 @@ def test_cli_sweep_prints_the_table_and_json_suggests(
 def test_wide_view_copy_keeps_every_box_on_its_object(
     detector: Detector, yolo_dataset: Path, tmp_path: Path
 ) -> None:
-    """scripts/wide_view_data.py puts each picture on a canvas twice as wide and high and
+    """scripts/train/wide_view_data.py puts each picture on a canvas twice as wide and high and
     moves its boxes with it: whole and in 2x2 tiles, the copy scores like the original."""
     out = tmp_path / "wide"
-    script = Path(__file__).resolve().parents[1] / "scripts" / "wide_view_data.py"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train" / "wide_view_data.py"
     done = subprocess.run(
         [sys.executable, str(script), str(yolo_dataset), "--split", "", "--out", str(out)],
         capture_output=True,

@@ -60,8 +60,6 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
-from services import free_port, load_schema, make_clip
-from synthetic_model import build_pattern_model
 
 from agent.config import (
     AgentConfig,
@@ -81,12 +79,18 @@ from agent.config import (
     parse_config,
 )
 from agent.errors import ConfigError, StreamError
-from agent.ingest.reader import CameraReader, FrameSlot, grab_frames, probe
+from agent.ingest.frames import FrameSlot
+from agent.ingest.probe import grab_frames, probe
+from agent.ingest.reader import CameraReader
 from agent.records import CameraState
 from agent.service.agent import Agent
 from agent.uplink import messages as contract
 from agent.uplink.commands import MAX_COMMAND_BYTES
 from agent.uplink.overrides import MAX_MUTE_MINUTES, SETTABLE, effective_rules, merge_rule
+from mclz_testkit.clips import make_clip
+from mclz_testkit.common import free_port
+from mclz_testkit.mqtt import load_schema
+from mclz_testkit.synthetic_model import build_pattern_model
 
 T = TypeVar("T")
 Loc = tuple[str | int, ...]
@@ -765,7 +769,7 @@ def test_known_config_crash_is_a_config_error(text: str) -> None:
     ids=["top-level-key", "key-with-bracket", "camera-id"],
 )
 def test_problem_names_keys_that_look_like_pydantic_tags(text: str, expected: str) -> None:
-    """config.py:1041 _clean_loc drops user keys starting "function" or holding "[" from the
+    """agent/config/loader.py _clean_loc drops user keys starting "function" or holding "[" from the
     location: the problem must still name them (found by the unknown-key fuzzing)."""
     with pytest.raises(ConfigError) as info:
         parse_config(text, SOURCE)

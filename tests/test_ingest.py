@@ -15,12 +15,15 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from services import ClipFactory, RtspServerFactory, free_port
 
 from agent.backoff import Backoff
 from agent.config import CameraConfig, parse_config
-from agent.ingest.reader import CameraReader, Frame, FrameSlot, Sampler, classify_error
+from agent.ingest.errors import classify_error
+from agent.ingest.frames import Frame, FrameSlot
+from agent.ingest.reader import CameraReader, Sampler
 from agent.records import CameraState, Transition
+from mclz_testkit.common import free_port
+from mclz_testkit.factories import ClipFactory, RtspServerFactory
 
 SECRET = "Kitchen-Pa55!"
 

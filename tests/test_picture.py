@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from services import RtspServerFactory, grab_frames
 
 from agent.config import PictureConfig
 from agent.ingest.picture import (
@@ -31,6 +30,8 @@ from agent.ingest.picture import (
     difference,
     measure,
 )
+from mclz_testkit.factories import RtspServerFactory
+from mclz_testkit.rtsp import grab_frames
 
 DEFAULTS = PictureConfig()
 

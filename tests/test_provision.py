@@ -13,12 +13,13 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from services import ClipFactory, RtspServerFactory, free_port
 from typer.testing import CliRunner
 
 from agent.cli.main import app
 from agent.config import load_config
 from agent.install import provision
+from mclz_testkit.common import free_port
+from mclz_testkit.factories import ClipFactory, RtspServerFactory
 
 SECRET = "Inst-S3cret!"
 CAM_SECRET = "Cam-P@ss:w0rd"

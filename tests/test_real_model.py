@@ -20,17 +20,13 @@ import av
 import jsonschema
 import pytest
 import yaml
-from services import (
-    FACEMASK,
-    AgentProcess,
-    Broker,
-    CollectorFactory,
-    RtspServerFactory,
-    held_out_faces,
-    load_schema,
-    make_picture_clip,
-)
 from test_e2e import ROOT, payloads
+
+from mclz_testkit.agentproc import AgentProcess
+from mclz_testkit.broker import Broker
+from mclz_testkit.clips import FACEMASK, held_out_faces, make_picture_clip
+from mclz_testkit.factories import CollectorFactory, RtspServerFactory
+from mclz_testkit.mqtt import load_schema
 
 REPO = Path(__file__).resolve().parents[1]
 # MCLZ_TEST_MODEL: try a freshly exported package against these tests before shipping it.
@@ -158,7 +154,8 @@ def test_fast_alternation_does_not_flood(
 def test_batched_and_single_inference_agree_on_real_frames() -> None:
     """The default model gives the same detections for real video frames whether they go
     one by one or in one batch of four (cameras analysed together)."""
-    from agent.detect.detector import Detector, load_model_package  # noqa: PLC0415
+    from agent.detect.detector import Detector  # noqa: PLC0415
+    from agent.detect.model import load_model_package  # noqa: PLC0415
 
     video = REPO.parent / "shared" / "videos" / "bareheaded_people_indoor.mp4"
     if not video.exists() or not (MODEL / "manifest.yaml").exists():

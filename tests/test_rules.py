@@ -70,14 +70,15 @@ def feed(
 
 
 def test_sustained_violation_raises_one_alert_after_min_duration() -> None:
-    """A violation seen continuously raises exactly one alert, at min_duration."""
+    """A violation seen continuously raises exactly one alert, once its hits cover
+    min_duration: 3 frames 1 s apart stand for 3 s (the frame at 2.0)."""
     raised = feed(engine(), [True] * 120)
-    assert raised == [3.0]
+    assert raised == [2.0]
 
 
 def test_alert_carries_episode_start_and_best_evidence() -> None:
     """The alert reports when the episode started and its best confidence."""
-    rules = engine(min_duration=2.0)
+    rules = engine(min_duration=3.0)  # 3 hits, 1 s apart: 3 s with the gap before the first
     rules.update("cam", [WEAK], mono=0, wall=100.0)
     rules.update("cam", [BARE], mono=1, wall=101.0)
     assert rules.update("cam", [BARE], mono=2, wall=102.0) == []
@@ -110,7 +111,7 @@ def test_cooldown_limits_repeat_alerts() -> None:
     """A second episode within the cooldown raises nothing; after it, one more alert."""
     hits = [True] * 5 + [False] * 20 + [True] * 5 + [False] * 60 + [True] * 5
     raised = feed(engine(min_duration=2.0, end_after=5.0, cooldown=60.0), hits)
-    assert raised == [2.0, 92.0]
+    assert raised == [1.0, 91.0]  # the second hit: 1 s between them + the 1 s gap before
     rules = engine(min_duration=2.0, end_after=5.0, cooldown=60.0)
     feed(rules, hits)
     assert rules.stats()["suppressed_by_cooldown"] == 1
@@ -149,7 +150,7 @@ def test_model_thresholds_apply_when_the_rule_sets_none() -> None:
 def test_alert_ends_after_end_after_with_the_last_time_seen() -> None:
     """Start at min_duration; end once unseen for end_after, reporting when it was last seen."""
     events = run(engine(min_duration=2.0, end_after=4.0), [True] * 10 + [False] * 10)
-    assert [(t, e.phase) for t, e in events] == [(2.0, "start"), (14.0, "end")]
+    assert [(t, e.phase) for t, e in events] == [(1.0, "start"), (14.0, "end")]
     start, end = events[0][1], events[1][1]
     assert end.id == start.id
     assert end.ended_at == 1e9 + 9.0
@@ -212,9 +213,10 @@ def test_end_carries_a_better_frame_found_after_the_start() -> None:
 def test_lifecycle_invariants(
     hits: list[bool], min_duration: int, end_after: int, cooldown: int
 ) -> None:
-    """For any detection sequence: no alert before min_duration of hits; starts at least a
-    cooldown apart and only on a hitting frame; every started alert ends exactly once,
-    after its start and before the next start."""
+    """For any detection sequence: no alert before its hits cover min_duration (first to
+    last hit plus the 1 s gap before the first) nor, when min_duration > 0, on a single
+    hit; starts at least a cooldown apart and only on a hitting frame; every started alert
+    ends exactly once, after its start and before the next start."""
     rules = engine(min_duration=min_duration, end_after=end_after, cooldown=cooldown)
     events = run(rules, hits)
     events += [
@@ -225,7 +227,8 @@ def test_lifecycle_invariants(
         assert later - earlier >= cooldown
     for t, alert in starts:
         assert hits[int(t)], "an alert starts only on a frame that hits"
-        assert alert.raised_at - alert.started_at >= min_duration
+        assert alert.raised_at - alert.started_at + 1.0 >= min_duration
+        assert alert.hits >= 2 or min_duration == 0
     if starts:
         assert len(starts) <= math.floor((len(hits) - 1) / max(cooldown, 1)) + 1
     phases = [e.phase for _, e in events]
@@ -253,9 +256,141 @@ def test_isolated_flickers_never_alert(gaps: list[int], min_duration: int) -> No
 @settings(max_examples=100, deadline=None)
 @given(length=st.integers(min_value=1, max_value=200), min_duration=st.integers(0, 30))
 def test_continuous_violation_alerts_iff_long_enough(length: int, min_duration: int) -> None:
-    """A continuous run raises exactly one alert iff it lasts min_duration (long cooldown)."""
+    """A continuous run of frames 1 s apart raises exactly one alert iff it covers
+    min_duration (length frames stand for length seconds) in two hits or more, or
+    min_duration is 0 (long cooldown)."""
     raised = feed(engine(min_duration=min_duration, cooldown=10_000), [True] * length)
-    assert len(raised) == (1 if length - 1 >= min_duration else 0)
+    long_enough = min_duration == 0 or length >= max(2, min_duration)
+    assert len(raised) == (1 if long_enough else 0)
+
+
+# ---------------------------------------------------------------------- sampling
+
+
+def feed_at(rules: RuleEngine, frames: list[tuple[float, bool]]) -> list[float]:
+    """Feed one frame per (time, hit); the times at which alerts started."""
+    starts = []
+    for t, hit in frames:
+        for event in rules.update("cam", [BARE] if hit else [MASK], mono=t, wall=1e9 + t):
+            if event.phase == "start":
+                starts.append(t)
+    return starts
+
+
+def cadence(interval: float, lead_in: int, hits: int, tail: int = 3) -> list[tuple[float, bool]]:
+    """Frames ``interval`` apart: ``lead_in`` without the violation, ``hits`` with it, then
+    ``tail`` without."""
+    pattern = [False] * lead_in + [True] * hits + [False] * tail
+    return [(100.0 + i * interval, hit) for i, hit in enumerate(pattern)]
+
+
+def test_four_hits_097s_apart_meet_a_3s_min_duration() -> None:
+    """The field case: four frames 0.97 s apart saw a man without a mask (hits spanning
+    2.91 s, about 4 s of real time): min_duration 3s alerts, on the fourth hit, however the
+    frames fall."""
+    assert feed_at(engine(), cadence(0.97, 5, 4)) == [pytest.approx(100.0 + 8 * 0.97)]
+    seen = [(100.0 - 0.97 * i, False) for i in range(4, 0, -1)]
+    seen += [(t, True) for t in (100.0, 100.97, 101.95, 102.92)]  # the measured 2.92 s span
+    assert feed_at(engine(), [*seen, (103.9, False)]) == [102.92]
+
+
+def test_two_hits_never_meet_a_3s_min_duration() -> None:
+    """Two frames stand for about 2 s: no alert at 3 s, whether the frames come at 0.97 or
+    1.03 s (jitter) and whatever their phase."""
+    for interval in (0.97, 1.0, 1.03):
+        assert feed_at(engine(), cadence(interval, 5, 2)) == []
+
+
+def test_three_hits_one_interval_apart_are_the_inclusive_boundary() -> None:
+    """3 hits exactly 1 s apart cover 3 s (2 s between them, 1 s before the first): they meet
+    min_duration 3s, the comparison being inclusive as before. The same 3 hits 0.97 s apart
+    cover 2.91 s and do not: an episode of exactly min_duration / interval frames is the
+    one case jitter may decide, and its true length is anywhere in 2-4 s either way."""
+    assert feed_at(engine(), cadence(1.0, 5, 3)) == [107.0]
+    assert feed_at(engine(), cadence(0.97, 5, 3)) == []
+    assert feed_at(engine(), cadence(1.03, 5, 3)) == [pytest.approx(100.0 + 7 * 1.03)]
+
+
+def test_the_interval_comes_from_the_frames_themselves() -> None:
+    """Frames 2 s apart (a detect_interval of 2 s, or 1 s stretched by the load governor):
+    two hits stand for 4 s and meet min_duration 3s; one never does, however long the
+    interval it stands for."""
+    assert feed_at(engine(), cadence(2.0, 5, 2)) == [112.0]
+    assert feed_at(engine(), cadence(2.0, 5, 1)) == []
+    assert feed_at(engine(), cadence(5.0, 5, 1)) == []
+
+
+def test_a_stall_before_the_first_hit_counts_at_most_one_and_a_half_gaps() -> None:
+    """After 30 s without frames (a reconnect), the hit that follows is credited with 1.5
+    usual gaps, not 30 s: two hits 1 s apart (2.5 s) stay under 3 s, the third alerts."""
+    frames = [(float(t), False) for t in range(10)]
+    frames += [(40.0, True), (41.0, True), (42.0, True)]
+    assert feed_at(engine(end_after=60.0), frames) == [42.0]
+
+
+def test_an_episode_at_a_cameras_first_frame_uses_its_usual_gap() -> None:
+    """Nothing came before the first frame of a camera: the median gap stands in for the gap
+    before it, so the decision is the same as for an episode later on."""
+    assert feed_at(engine(), [(100.0 + i, True) for i in range(4)]) == [102.0]
+
+
+def test_the_jitter_band_cannot_be_narrower() -> None:
+    """Frames 1 s apart, each up to 0.1 s off its second: a miss at 9.9, hits at 11.1, 12.0
+    and 12.9, a miss at 14.1. A violation from 11.1 to just after 12.9 (1.8 s) and one from
+    just after 9.9 to 14.1 (4.2 s) both give exactly these frames, so any rule answers both
+    alike: with 10 % jitter no rule keeps silent for every violation 1.2 intervals shorter
+    than min_duration 3 s and alerts for every one 1.2 intervals longer. This one alerts
+    (9.9 to 12.9 is 3.0 s, inclusive)."""
+    times = [6.9, 8.0, 9.1, 9.9, 11.1, 12.0, 12.9, 14.1, 15.0]
+    for begin, end in ((11.1, 12.9 + 1e-6), (9.9 + 1e-6, 14.1)):
+        assert [begin <= t < end for t in times] == [False] * 4 + [True] * 3 + [False] * 2
+    frames = [(t, 11.0 <= t < 13.0) for t in times]
+    assert feed_at(engine(), frames) == [12.9]
+
+
+JITTER = 0.1  # of the interval: each frame up to 10 % off its schedule
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    interval=st.floats(0.2, 5.0),
+    ratio=st.floats(1.0, 8.0),  # min_duration in intervals
+    margin=st.floats(0.001, 3.0),  # intervals beyond the guaranteed band
+    above=st.booleans(),
+    phase=st.floats(0.0, 1.0, exclude_max=True),
+    lead_in=st.integers(1, 12),
+    amplitude=st.sampled_from([0.0, JITTER]),
+    offsets=st.lists(st.floats(-1.0, 1.0), min_size=48, max_size=48),
+)
+def test_min_duration_does_not_depend_on_sampling_phase_or_jitter(
+    interval: float,
+    ratio: float,
+    margin: float,
+    above: bool,
+    phase: float,
+    lead_in: int,
+    amplitude: float,
+    offsets: list[float],
+) -> None:
+    """A violation of true length T, sampled every interval I with any phase and each frame
+    up to j = amplitude * I off its schedule, always alerts when T >= min_duration + I + 2j
+    and never when T <= min_duration - I - 2j: +-1 interval without jitter, +-1.2 with
+    10 % jitter. (No rule can narrow the band with jitter: when the gaps around the hits
+    are I + 2j, the same frames come from violations of either bound.) min_duration is at
+    least one interval: below that it asks for two hits, which a short violation may not
+    give."""
+    min_duration = ratio * interval
+    band = (1 + 2 * amplitude) * interval
+    true_length = min_duration + band + margin * interval if above else min_duration - band
+    true_length -= 0.0 if above else margin * interval
+    start = (lead_in + phase) * interval
+    frames = []
+    for k, offset in enumerate(offsets):
+        t = k * interval + offset * amplitude * interval
+        frames.append((t, start <= t < start + true_length))
+    assert frames[-1][0] > start + true_length + 2 * interval  # the violation is over
+    rules = engine(min_duration=min_duration, end_after=2 * interval, cooldown=86400)
+    assert len(feed_at(rules, frames)) == (1 if above else 0)
 
 
 # ---------------------------------------------------------------------- consensus, sizes

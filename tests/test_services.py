@@ -11,22 +11,13 @@ import av
 import av.error
 import numpy as np
 import pytest
-import services
-from services import (
-    Broker,
-    BrokerFactory,
-    ClipFactory,
-    CollectorFactory,
-    GrabbedFrame,
-    MissingDependencyError,
-    MqttConnectError,
-    MqttMessage,
-    RtspServerFactory,
-    grab_frames,
-    mqtt_connect,
-    mqtt_publish,
-    square_region,
-)
+
+from mclz_testkit.broker import Broker
+from mclz_testkit.clips import square_region
+from mclz_testkit.common import MissingDependencyError
+from mclz_testkit.factories import BrokerFactory, ClipFactory, CollectorFactory, RtspServerFactory
+from mclz_testkit.mqtt import MqttConnectError, MqttMessage, mqtt_connect, mqtt_publish
+from mclz_testkit.rtsp import GrabbedFrame, grab_frames
 
 MAGENTA = (255, 0, 255)
 SQUARE = (0.25, 0.5, 0.2)  # cx, cy, side (of the height)
@@ -284,6 +275,6 @@ def test_broker_with_users_rejects_bad_credentials(
 def test_missing_mosquitto_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Without mosquitto on the PATH the error says which package to install."""
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(services, "_SBIN_PATH", str(tmp_path))
+    monkeypatch.setattr("mclz_testkit.broker.SBIN_PATH", str(tmp_path))
     with pytest.raises(MissingDependencyError, match="apt-get install mosquitto"):
         Broker(tmp_path)

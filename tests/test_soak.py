@@ -1,8 +1,8 @@
-"""The soak (``scripts/soak.py``): its matching rules, and a short run with every fault kind.
+"""The soak (``scripts/bench/soak.py``): its matching rules, and a short run with every fault kind.
 
 The short run is the soak at a smaller scale: three cameras, a fault every ~15 s for two
 minutes (broker and agent kill -9, camera kill -9 and SIGSTOP), then every verdict must
-pass. The hour-long run is ``scripts/soak.py`` itself.
+pass. The hour-long run is ``scripts/bench/soak.py`` itself.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from types import ModuleType
 
 import pytest
 
-SOAK_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "soak.py"
+SOAK_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench" / "soak.py"
 SHORT_SEED = 167  # its schedule: all four kinds, two long camera outages the agent watches
 
 
 def load_soak() -> ModuleType:
-    """scripts/soak.py as a module (scripts/ is not a package)."""
+    """scripts/bench/soak.py as a module (scripts/ is not a package)."""
     if "soak" in sys.modules:
         return sys.modules["soak"]
     spec = importlib.util.spec_from_file_location("soak", SOAK_SCRIPT)

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from agent.detect.datasets import AGENT_LABELS as agent_labels
-from agent.detect.detector import Detector, load_model_package
+from agent.detect.detector import Detector
+from agent.detect.model import load_model_package
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
@@ -68,7 +69,7 @@ def test_one_epoch_smoke_run_gives_a_loadable_model(train_python: Path, tmp_path
     shared = mini_shared(tmp_path / "shared")
     data = tmp_path / "data"
     out = run(
-        [str(train_python), "scripts/prepare_data.py", "--shared", str(shared), "--out", str(data)]
+        [str(train_python), "scripts/train/prepare_data.py", "--shared", str(shared), "--out", str(data)]
     )
     assert "face_mask" in out
     dataset = yaml.safe_load((data / "dataset.yaml").read_text())
@@ -77,7 +78,7 @@ def test_one_epoch_smoke_run_gives_a_loadable_model(train_python: Path, tmp_path
     run(
         [
             str(train_python),
-            "scripts/train.py",
+            "scripts/train/train.py",
             "--data", str(data / "dataset.yaml"),
             "--imgsz", "64",
             "--epochs", "1",
@@ -94,7 +95,7 @@ def test_one_epoch_smoke_run_gives_a_loadable_model(train_python: Path, tmp_path
     run(
         [
             str(train_python),
-            "scripts/export_model.py",
+            "scripts/train/export_model.py",
             str(weights),
             "--out",
             str(package_dir),

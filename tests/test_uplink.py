@@ -13,12 +13,16 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from services import Broker, BrokerFactory, CollectorFactory, MqttCollector, Pki, load_schema
 
 from agent.config import AgentConfig, parse_config
-from agent.errors import UplinkError
-from agent.store.outbox import Outbox
+from agent.errors import SecretError, UplinkError
+from agent.install.doctor import check_broker
+from agent.store.store import Store
 from agent.uplink.client import Uplink
+from mclz_testkit.broker import Broker
+from mclz_testkit.factories import BrokerFactory, CollectorFactory
+from mclz_testkit.mqtt import MqttCollector, load_schema
+from mclz_testkit.pki import Pki
 
 ROOT = "mclz/hz/s1/box-01"
 
@@ -31,7 +35,7 @@ def make_config(url: str, *, protocol: str = "5", **mqtt: object) -> AgentConfig
     return parse_config(yaml.safe_dump(data))
 
 
-def start_uplink(config: AgentConfig, box: Outbox) -> Uplink:
+def start_uplink(config: AgentConfig, box: Store) -> Uplink:
     uplink = Uplink(config, box)
     uplink.start()
     return uplink
@@ -46,7 +50,7 @@ def test_availability_and_ordered_delivery(
 ) -> None:
     """After CONNACK the box is retained 'online'; messages arrive in order, then leave."""
     collector = mqtt_collector(broker.url, f"{ROOT}/#")
-    box = Outbox(tmp_path / "agent.db")
+    box = Store(tmp_path / "agent.db")
     sent = [
         box.enqueue(f"{ROOT}/heartbeat", json.dumps({"id": f"m{i}"}).encode(), kind="heartbeat")
         for i in range(50)
@@ -85,7 +89,7 @@ def test_messages_wait_while_broker_is_down(
     """Nothing is lost while the broker is unreachable; 'connected' is false until a CONNACK."""
     broker: Broker = broker_factory()
     broker.stop()
-    box = Outbox(tmp_path / "agent.db")
+    box = Store(tmp_path / "agent.db")
     uplink = start_uplink(make_config(broker.url), box)
     try:
         for i in range(20):
@@ -108,7 +112,7 @@ def test_broker_restarts_lose_nothing(
 ) -> None:
     """Messages committed across two broker kills all arrive (at least once)."""
     broker: Broker = broker_factory()
-    box = Outbox(tmp_path / "agent.db")
+    box = Store(tmp_path / "agent.db")
     # The box reconnects no sooner than 2 s after a drop, the test's subscriber after 1 s, so
     # the subscriber is back before the box resends (the test broker keeps no sessions).
     uplink = start_uplink(make_config(broker.url, reconnect_min=2, reconnect_max=4), box)
@@ -153,7 +157,7 @@ def test_wrong_password_is_refused_and_nothing_is_lost(
     broker: Broker = broker_factory(users={"box-01": "right-password"})
     monkeypatch.setenv("MQTT_PW", "wrong-password")
     config = make_config(broker.url, username="box-01", password={"env": "MQTT_PW"})
-    box = Outbox(tmp_path / "agent.db")
+    box = Store(tmp_path / "agent.db")
     box.enqueue(f"{ROOT}/alert", b'{"id":"a0"}', kind="alert")
     uplink = start_uplink(config, box)
     try:
@@ -176,7 +180,7 @@ def test_wrong_password_is_refused_and_nothing_is_lost(
 def test_mqtt_311_works(broker: Broker, tmp_path: Path, mqtt_collector: CollectorFactory) -> None:
     """protocol 3.1.1 is selectable and delivers the same way."""
     collector = mqtt_collector(broker.url, f"{ROOT}/heartbeat")
-    box = Outbox(tmp_path / "agent.db")
+    box = Store(tmp_path / "agent.db")
     box.enqueue(f"{ROOT}/heartbeat", b'{"id":"h1"}', kind="heartbeat")
     uplink = start_uplink(make_config(broker.url, protocol="3.1.1"), box)
     try:
@@ -189,14 +193,14 @@ def test_mqtt_311_works(broker: Broker, tmp_path: Path, mqtt_collector: Collecto
 VANISHING_BOX = """
 import sys, time
 from agent.config import parse_config
-from agent.store.outbox import Outbox
+from agent.store.store import Store
 from agent.errors import UplinkError
 from agent.uplink.client import Uplink
 from pathlib import Path
 cfg = parse_config(
     "identity: {city: hz, school_id: s1, box_id: box-01}\\nmqtt: {url: '%s', keepalive: 5}\\n"
 )
-uplink = Uplink(cfg, Outbox(Path(sys.argv[1])))
+uplink = Uplink(cfg, Store(Path(sys.argv[1])))
 uplink.start()
 assert uplink.wait_connected(10)
 print("connected", flush=True)
@@ -233,7 +237,7 @@ def test_last_will_marks_a_vanished_box_offline(broker: Broker, tmp_path: Path) 
 
 def deliver_over(config: AgentConfig, tmp_path: Path, timeout: float = 10.0) -> Uplink:
     """Start an uplink with one queued alert; return it (stopped) after waiting for delivery."""
-    box = Outbox(tmp_path / "agent.db")
+    box = Store(tmp_path / "agent.db")
     box.enqueue(f"{ROOT}/alert", b'{"id":"tls-1"}', kind="alert")
     uplink = start_uplink(config, box)
     try:
@@ -264,7 +268,7 @@ def test_tls_refuses_a_server_from_another_ca(
     uplink = deliver_over(config, tmp_path, timeout=3)
     assert uplink.connects == 0
     assert uplink.acked == 0
-    assert Outbox(tmp_path / "agent.db").backlog() == {"alert": 1}
+    assert Store(tmp_path / "agent.db").backlog() == {"alert": 1}
 
 
 def test_mutual_tls_with_the_box_certificate(
@@ -310,7 +314,53 @@ def test_unreadable_tls_material_is_a_clear_error(test_pki: Pki, tmp_path: Path)
         },
     )
     with pytest.raises(UplinkError, match=r"mqtt\.tls"):
-        Uplink(config, Outbox(tmp_path / "agent.db"))
+        Uplink(config, Store(tmp_path / "agent.db"))
+
+
+def test_uplink_and_broker_check_refuse_the_same_bad_settings(
+    test_pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One client factory (agent.uplink.mqtt): a password without a user name and an
+    unreadable key file stop the uplink and fail the installer's broker check alike."""
+    monkeypatch.setenv("MQTT_PW", "secret-pw")
+    no_user = make_config("mqtt://127.0.0.1:1883", password={"env": "MQTT_PW"})
+    with pytest.raises(SecretError, match=r"mqtt\.username is empty"):
+        Uplink(no_user, Store(tmp_path / "a.db"))
+    check = check_broker(no_user, timeout=1)
+    assert (check.verdict, check.detail) == (
+        "FAIL",
+        "mqtt.password is set but mqtt.username is empty",
+    )
+    bad_key = make_config(
+        "mqtts://127.0.0.1:8883",
+        tls={
+            "ca_file": str(test_pki.ca_cert),
+            "cert_file": str(test_pki.client_cert),
+            "key_file": str(tmp_path / "nope.key"),
+        },
+    )
+    with pytest.raises(UplinkError, match=r"mqtt\.tls: cannot load TLS material"):
+        Uplink(bad_key, Store(tmp_path / "b.db"))
+    check = check_broker(bad_key, timeout=1)
+    assert check.verdict == "FAIL"
+    assert check.detail.startswith("127.0.0.1:8883: mqtt.tls: cannot load TLS material")
+
+
+def test_broker_check_presents_the_box_certificate(
+    broker_factory: BrokerFactory, test_pki: Pki
+) -> None:
+    """The broker check's client is the uplink's: a broker that requires a client certificate
+    accepts the check with the box's certificate and not without one."""
+    broker = broker_factory(tls=test_pki, require_client_cert=True)
+    ca = {"ca_file": str(test_pki.ca_cert)}
+    box_cert = {"cert_file": str(test_pki.client_cert), "key_file": str(test_pki.client_key)}
+
+    with_cert = check_broker(make_config(broker.url, tls=ca | box_cert))
+    without = check_broker(make_config(broker.url, tls=ca))
+
+    assert with_cert.verdict == "ok", with_cert.detail
+    assert "TLS" in with_cert.detail
+    assert without.verdict == "FAIL"
 
 
 def test_publish_rate_limit_spreads_a_backlog(
@@ -318,7 +368,7 @@ def test_publish_rate_limit_spreads_a_backlog(
 ) -> None:
     """A backlog drains no faster than max_rate (after one burst), all of it, in order."""
     collector = mqtt_collector(broker.url, f"{ROOT}/heartbeat")
-    box = Outbox(tmp_path / "agent.db")
+    box = Store(tmp_path / "agent.db")
     for i in range(60):
         box.enqueue(f"{ROOT}/heartbeat", json.dumps({"id": f"h{i}"}).encode(), kind="heartbeat")
     uplink = start_uplink(make_config(broker.url, max_rate=20), box)
@@ -352,11 +402,11 @@ def test_paho_not_connected_noise_is_not_logged_while_the_broker_is_down(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A broker that is down: one warning from the uplink, no per-second paho ERROR lines."""
-    from services import free_port  # noqa: PLC0415
+    from mclz_testkit.common import free_port  # noqa: PLC0415
 
     config = make_config(f"mqtt://127.0.0.1:{free_port()}")
     with caplog.at_level(logging.DEBUG, logger="agent"):
-        box = Outbox(tmp_path / "box.db")
+        box = Store(tmp_path / "box.db")
         uplink = Uplink(config, box)
         uplink.start()
         time.sleep(4)

@@ -20,18 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from services import (
-    REPO_ROOT,
-    Broker,
-    CollectorFactory,
-    MqttMessage,
-    NetnsBroker,
-    NetnsSubscriberFactory,
-)
 
 from agent.config import AgentConfig, parse_config
-from agent.store.outbox import Outbox
+from agent.store.store import Store
 from agent.uplink.client import Uplink
+from mclz_testkit.broker import Broker
+from mclz_testkit.common import REPO_ROOT
+from mclz_testkit.factories import CollectorFactory, NetnsSubscriberFactory
+from mclz_testkit.mqtt import MqttMessage
+from mclz_testkit.netns import NetnsBroker
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +62,7 @@ def states_since(start: float, messages: list[MqttMessage]) -> list[str]:
     return [str(body["state"]) for body in bodies_since(start, messages)]
 
 
-def wait_until_empty(box: Outbox, timeout: float) -> dict[str, int]:
+def wait_until_empty(box: Store, timeout: float) -> dict[str, int]:
     """Poll the outbox until it holds nothing or ``timeout`` passed; return what is left."""
     deadline = time.monotonic() + timeout
     while box.backlog() and time.monotonic() < deadline:
@@ -83,7 +80,7 @@ def test_silent_partition_is_noticed_within_the_keepalive(
     box's 'offline' last will, and 'online' again after the reconnect.
     """
     subscriber = netns_subscriber([ALERT_TOPIC, AVAILABILITY_TOPIC])
-    box = Outbox(tmp_path / "agent.db")
+    box = Store(tmp_path / "agent.db")
     uplink = Uplink(make_config(netns_broker.url, keepalive=KEEPALIVE), box)
     uplink.start()
     enqueued: list[str] = []

@@ -283,7 +283,7 @@ def init(  # noqa: PLR0917 - typer passes each option by name
 
 def _probe_line(url: str, transport: str, seconds: float, timeout: float) -> str:
     """One line about a stream; raises StreamError when it cannot be used."""
-    from agent.ingest.reader import probe  # noqa: PLC0415
+    from agent.ingest.probe import probe  # noqa: PLC0415
 
     r = probe(url, transport=transport, seconds=seconds, timeout=timeout)
     gop = f"keyframe every {r.keyframe_interval_s:.1f} s" if r.keyframe_interval_s else "GOP ?"
@@ -442,7 +442,7 @@ def camera_snapshot(
     import cv2  # noqa: PLC0415
 
     from agent.evidence import find_font  # noqa: PLC0415
-    from agent.ingest.reader import grab_frames  # noqa: PLC0415
+    from agent.ingest.probe import grab_frames  # noqa: PLC0415
     from agent.install.provision import draw_zones  # noqa: PLC0415
 
     try:
@@ -483,14 +483,15 @@ _SMALL_AT_MODEL_PX = 16
 
 def _echo_detail(camera: CameraConfig, model_path: Path, width: int, height: int) -> None:
     """How large objects of this stream reach the model, so the installer can judge tiles."""
-    from agent.detect.detector import load_model_package  # noqa: PLC0415
+    from agent.detect.model import load_model_package  # noqa: PLC0415
+    from agent.detect.views import View  # noqa: PLC0415
 
     try:
         package = load_model_package(model_path)
     except AgentError as exc:
         typer.echo(f"(no detail estimate: {exc})")
         return
-    view = camera.view.detector_view()
+    view = View.from_config(camera.view)
     scale = view.scale(width, height, package.input_width, package.input_height)
     face = _EXAMPLE_FACE_PX * scale
     how = "whole" if view.tiles == 1 else f"in {view.cols}x{view.rows} tiles"

@@ -12,6 +12,7 @@ Library errors become one clear message and an exit code here, and only here:
 6     a camera stream cannot be used, or camera discovery cannot use the network
 7     the alarm's sounder failed to play (``alarm test``)
 8     one or more checks failed (``check``)
+9     the agent's database stayed locked by another process past the wait (try again)
 ====  ==========================================================
 """
 
@@ -21,8 +22,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 import yaml
@@ -35,8 +37,9 @@ from agent.errors import (
     DatasetError,
     DiscoveryError,
     ModelError,
-    OutboxError,
     SounderError,
+    StoreBusyError,
+    StoreError,
     StreamError,
     UplinkError,
 )
@@ -45,9 +48,9 @@ if TYPE_CHECKING:
     import numpy as np
 
     from agent.config import AgentConfig
-    from agent.detect.detector import View
     from agent.detect.food import FoodStore, ZoneState
-    from agent.store.outbox import Outbox
+    from agent.detect.views import View
+    from agent.store.store import Store, StoreView
 
 DEFAULT_CONFIG = Path(os.environ.get("MCLZ_CONFIG", "/etc/mclz-agent/agent.yaml"))
 
@@ -55,13 +58,16 @@ EXIT_CODES: tuple[tuple[type[AgentError], int], ...] = (
     (ConfigError, 2),  # SecretError is a ConfigError
     (DatasetError, 2),
     (ModelError, 3),
-    (OutboxError, 4),
+    (StoreBusyError, 9),  # before StoreError: it is one
+    (StoreError, 4),
     (UplinkError, 5),
     (StreamError, 6),
     (DiscoveryError, 6),
     (SounderError, 7),
 )
 CHECK_FAILED = 8  # ``check``: a FAIL line is a verdict, not an error, so no exception maps here
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="mclz-agent",
@@ -198,7 +204,7 @@ def _eval_model_path(model: Path | None, config: Path | None) -> tuple[Path, str
 
 def _parse_tiles(text: str) -> View:
     """``COLSxROWS`` (1-4 each) as a whole-picture view; a usage error names the option."""
-    from agent.detect.detector import View, parse_tiles  # noqa: PLC0415
+    from agent.detect.views import View, parse_tiles  # noqa: PLC0415
 
     try:
         cols, rows = parse_tiles(text)
@@ -284,19 +290,22 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
 
     Every image goes through the agent's own detector (onnxruntime or OpenVINO).
     Precision and recall are at each class's threshold from the model's manifest.
+    Recall is also given per object size (sqrt(w*h) of the ground-truth box in image
+    pixels: <16, 16-32, 32-64, 64-128, >=128 px; --json: size_buckets).
     Only the classes the dataset labels are scored (a face dataset says nothing of heads).
     Exit code 0 whatever the scores, 2 for an unusable dataset folder, 3 for a bad model.
 
     Example: mclz-agent model eval --data ../shared/datasets/facemask --limit 50
     """
     from agent.detect.datasets import load_dataset  # noqa: PLC0415 - keeps --help fast
-    from agent.detect.detector import Detector, load_model_package  # noqa: PLC0415
+    from agent.detect.detector import Detector  # noqa: PLC0415
     from agent.detect.evaluate import (  # noqa: PLC0415
         DEFAULT_THRESHOLD,
         evaluate,
         render_report,
         render_sweep,
     )
+    from agent.detect.model import load_model_package  # noqa: PLC0415
 
     def progress(done: int, total: int) -> None:
         typer.echo(f"\r{done}/{total} images", nl=done == total, err=True)
@@ -367,7 +376,7 @@ def camera_probe(  # noqa: PLR0917 - typer passes each option by name
 
     import cv2  # noqa: PLC0415
 
-    from agent.ingest.reader import probe  # noqa: PLC0415
+    from agent.ingest.probe import probe  # noqa: PLC0415
     from agent.redact import register_secret, with_password  # noqa: PLC0415
 
     if transport not in {"tcp", "udp"}:
@@ -423,21 +432,15 @@ def camera_list(
     import time  # noqa: PLC0415
 
     from agent.redact import redact_url  # noqa: PLC0415
-    from agent.store.outbox import Outbox  # noqa: PLC0415
+    from agent.store.database import db_path  # noqa: PLC0415
 
     try:
         cfg = load_config(config)
     except ConfigError as exc:
         fail(exc)
-    db_path = cfg.storage.state_dir / "agent.db"
     health: dict[str, tuple[float, dict[str, object]]] = {}
-    if db_path.exists():
-        try:
-            store = Outbox(db_path)
-            health = store.camera_health()
-            store.close()
-        except OutboxError as exc:
-            fail(exc)
+    if db_path(cfg.storage.state_dir).exists():
+        health = _read_store(config, lambda store: store.camera_health())
     now = time.time()
     rows = []
     for camera_id, camera in cfg.cameras.items():
@@ -466,16 +469,47 @@ def camera_list(
         typer.echo(f"{row['camera']:<16} {state:<11} {fps:>6} {quality:<10} {age:>9}  {row['url']}")
 
 
-def _open_store(config: Path) -> Outbox:
-    """The agent's database for read-only CLI use (it works while the agent runs)."""
-    from agent.store.outbox import Outbox  # noqa: PLC0415
+def _open_store(config: Path) -> StoreView:
+    """A read-only view of the agent's database (it works while the agent runs).
+
+    It never creates, migrates or moves the file and never takes a write lock. Exits with a
+    clear message on a bad config, no database yet, or a lock held past the wait (code 9).
+    """
+    from agent.store.database import db_path  # noqa: PLC0415
+    from agent.store.store import StoreView  # noqa: PLC0415
 
     try:
         cfg = load_config(config)
-        path = cfg.storage.state_dir / "agent.db"
+        return StoreView(db_path(cfg.storage.state_dir))
+    except AgentError as exc:
+        fail(exc)
+
+
+def _read_store(config: Path, read: Callable[[StoreView], T]) -> T:
+    """``read`` applied to a read-only view of the agent's database, closed afterwards.
+
+    Exits with a clear message when the view cannot be opened or read (see ``_open_store``).
+    """
+    store = _open_store(config)
+    try:
+        return read(store)
+    except AgentError as exc:
+        fail(exc)
+    finally:
+        store.close()
+
+
+def _open_writable_store(config: Path) -> Store:
+    """The agent's database for a command that writes; exits when there is none yet."""
+    from agent.store.database import db_path  # noqa: PLC0415
+    from agent.store.store import Store  # noqa: PLC0415
+
+    try:
+        cfg = load_config(config)
+        path = db_path(cfg.storage.state_dir)
         if not path.exists():
-            raise OutboxError(f"{path}: no database yet (the agent has not run with this config)")
-        return Outbox(path)
+            raise StoreError(f"{path}: no database yet (the agent has not run with this config)")
+        return Store(path)
     except AgentError as exc:
         fail(exc)
 
@@ -489,9 +523,7 @@ def outbox_stats(
 
     Example: mclz-agent outbox stats --config /etc/mclz-agent/agent.yaml
     """
-    store = _open_store(config)
-    stats = store.stats()
-    store.close()
+    stats = _read_store(config, lambda store: store.stats())
     if as_json:
         typer.echo(json.dumps(stats, indent=2))
         return
@@ -524,6 +556,7 @@ def outbox_replay(
     import time  # noqa: PLC0415
 
     from agent.service.agent import parse_time  # noqa: PLC0415
+    from agent.uplink.messages import Topics  # noqa: PLC0415
 
     try:
         start = parse_time(float(since) if since.replace(".", "", 1).isdigit() else since, "since")
@@ -535,9 +568,10 @@ def outbox_replay(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    store = _open_store(config)  # exits with a clear message on a bad config or no database
+    # Exits with a clear message on a bad config or no database.
+    store = _open_writable_store(config)
     cfg = load_config(config)
-    count = store.requeue_alerts(start, end, f"{cfg.topic_root}/alert")
+    count = store.requeue_alerts(start, end, Topics(cfg).alert)
     store.close()
     typer.echo(f"{count} alert(s) queued again")
 
@@ -554,10 +588,9 @@ def alerts_list(
     """
     import time  # noqa: PLC0415
 
-    store = _open_store(config)
-    alerts = store.alerts(limit)
-    waiting = {m.id for m in store.due(100000)}
-    store.close()
+    alerts, waiting = _read_store(
+        config, lambda store: (store.alerts(limit), {m.id for m in store.due(100000)})
+    )
     rows = [
         {
             "id": a.id,
@@ -588,9 +621,7 @@ def alerts_show(
 
     Example: mclz-agent alerts show 3f2a9c0e1b7d4c55a0e6f1d2c3b4a596
     """
-    store = _open_store(config)
-    body = store.alert_payload(alert_id)
-    store.close()
+    body = _read_store(config, lambda store: store.alert_payload(alert_id))
     if body is None:
         typer.echo(f"error: no alert {alert_id!r} on this box", err=True)
         raise typer.Exit(2)
@@ -607,10 +638,9 @@ def alerts_export(
 
     Example: mclz-agent alerts export /tmp/alerts.jsonl
     """
-    store = _open_store(config)
-    alerts = store.alerts(limit)
-    bodies = [store.alert_payload(a.id) for a in alerts]
-    store.close()
+    bodies = _read_store(
+        config, lambda store: [store.alert_payload(a.id) for a in store.alerts(limit)]
+    )
     try:
         with output.open("w", encoding="utf-8") as fh:
             for body in bodies:
@@ -700,9 +730,10 @@ def capture_stats(
 def _food_store(cfg: AgentConfig) -> FoodStore:
     """The agent's reference store (the database is created when there is none yet)."""
     from agent.detect.food import FoodStore  # noqa: PLC0415
-    from agent.store.outbox import Outbox  # noqa: PLC0415
+    from agent.store.database import db_path  # noqa: PLC0415
+    from agent.store.store import Store  # noqa: PLC0415
 
-    store = Outbox(cfg.storage.state_dir / "agent.db", ttl=cfg.storage.message_ttl)
+    store = Store(db_path(cfg.storage.state_dir), ttl=cfg.storage.message_ttl)
     return FoodStore(store, cfg.storage.state_dir, keep=cfg.food.references_per_state)
 
 
@@ -713,7 +744,7 @@ def _grab(cfg: AgentConfig, camera: str, count: int, seconds: float) -> list[np.
         ConfigError: no such camera, or its password cannot be read.
         StreamError: the stream cannot be used.
     """
-    from agent.ingest.reader import grab_frames  # noqa: PLC0415
+    from agent.ingest.probe import grab_frames  # noqa: PLC0415
 
     cam = cfg.cameras.get(camera)
     if cam is None:
@@ -776,7 +807,7 @@ def food_calibrate(  # noqa: PLR0917 - typer passes each option by name
             for ref in store.references(camera, zone):
                 counts[ref.state] = counts.get(ref.state, 0) + 1
         finally:
-            store.outbox.close()
+            store.database.close()
     except ValueError as exc:
         fail(ConfigError(f"cameras.{camera}.zones.{zone}: {exc}"))
     except AgentError as exc:
@@ -804,7 +835,7 @@ def _classify_now(
             crop, mask = zone_crop(frame, polygon)
             out[zone] = (classifier.classify(crop, mask), classifier.counts)
     finally:
-        store.outbox.close()
+        store.database.close()
     return frame, out
 
 
@@ -920,7 +951,7 @@ def food_refs(
         cfg = load_config(config)
         store = _food_store(cfg)
         refs = store.references(camera, zone)
-        store.outbox.close()
+        store.database.close()
     except AgentError as exc:
         fail(exc)
     rows = [
@@ -961,7 +992,7 @@ def food_forget(
         cfg = load_config(config)
         store = _food_store(cfg)
         count = store.forget(camera, zone, state)
-        store.outbox.close()
+        store.database.close()
     except AgentError as exc:
         fail(exc)
     typer.echo(f"{count} reference(s) of {camera}/{zone} deleted")
@@ -983,13 +1014,14 @@ def alarm_mute(
     """
     import time  # noqa: PLC0415
 
-    from agent.store.outbox import Outbox  # noqa: PLC0415
+    from agent.store.database import db_path  # noqa: PLC0415
+    from agent.store.store import Store  # noqa: PLC0415
     from agent.uplink.commands import CommandError  # noqa: PLC0415
     from agent.uplink.overrides import Mute  # noqa: PLC0415
 
     try:
         cfg = load_config(config)
-        with Outbox(cfg.storage.state_dir / "agent.db") as store:
+        with Store(db_path(cfg.storage.state_dir)) as store:
             until = Mute(store).set(minutes, source="cli")
     except CommandError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -1023,7 +1055,8 @@ def alarm_test(
     """
     import time  # noqa: PLC0415
 
-    from agent.alarm.alarm import PROMPT_TEXTS, SoundBank, make_sounder  # noqa: PLC0415
+    from agent.alarm.sounders import make_sounder  # noqa: PLC0415
+    from agent.alarm.sounds import PROMPT_TEXTS, SoundBank  # noqa: PLC0415
 
     try:
         cfg = load_config(config)
@@ -1060,11 +1093,7 @@ def alarm_log(
     import time  # noqa: PLC0415
     from dataclasses import asdict  # noqa: PLC0415
 
-    store = _open_store(config)
-    try:
-        rows = store.alarms(limit)
-    finally:
-        store.close()
+    rows = _read_store(config, lambda store: store.alarms(limit))
     if as_json:
         typer.echo(json.dumps([asdict(r) for r in rows], ensure_ascii=False, indent=2))
         return
@@ -1128,7 +1157,8 @@ def status(
 
     Works while the agent runs and after it stopped: whether it is alive (from how fresh
     its saved state is), cameras, the outbox backlog, the last 5 alerts and camera errors.
-    Exit code 4 when there is no database yet.
+    Exit code 4 when there is no database yet, 9 when another process keeps it locked for
+    longer than a 5 s wait (it reads without a write lock, so a running agent never does).
 
     Example: mclz-agent status --config /etc/mclz-agent/agent.yaml
     """

@@ -12,7 +12,7 @@ Two layouts are read, told apart by the folder that sits next to ``images/``:
 
 Source class names become agent labels through :data:`CLASS_MAP`; a name that already is an
 agent label maps to itself. Boxes come out as (x1, y1, x2, y2) normalised to 0..1, clipped to
-the image, the same convention as :class:`agent.detect.detector.Detection`.
+the image, the same convention as :class:`agent.records.Detection`.
 
 A dataset labels only some of the agent's classes (facemask: the face classes; headcover: the
 head and person classes). Its ``labelled_classes`` are the agent classes its mapping can

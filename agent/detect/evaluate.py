@@ -20,10 +20,23 @@ curve, so the result does not depend on the order of tied detections.
 
 Only the dataset's ``labelled_classes`` are scored: a face dataset says nothing about heads,
 so head detections on it are neither true nor false positives.
+
+Recall by object size shows where a detector loses objects, which one recall per class
+hides: kitchen cameras see heads 20-80 px tall, a face dataset's close-ups are ten times
+that. Each ground-truth box is put in a bucket by its size, sqrt(w * h) in the pixels of
+the image as stored (not of the model's input, nor of a tile), with edges at
+``SIZE_EDGES`` (16, 32, 64, 128 px; a lower edge belongs to its bucket), and counts as
+found when the detection that took it in the matching reaches the class's threshold. So
+per class the buckets' found boxes add up to its TP at the threshold.
+
+Every figure belongs to one *stage*: the detector now; a face stage (face finder, then a
+mask classifier per face) will be scored by the same matching on the same dataset, and
+its report carries its own ``stage`` name.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import time
@@ -36,7 +49,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.detect.datasets import Dataset, LabelledBox, Sample
-from agent.detect.detector import Detector, View
+from agent.detect.detector import Detector
+from agent.detect.views import View
 from agent.records import Detection
 from agent.rules.engine import DEFAULT_MIN_CONFIDENCE
 
@@ -48,6 +62,29 @@ DEFAULT_BATCH: Final = 8
 DEFAULT_THRESHOLD: Final = DEFAULT_MIN_CONFIDENCE
 
 Progress = Callable[[int, int], None]  # (images done, images in all)
+
+#: The stage a report scores when none is named: the agent's object detector.
+DETECTOR_STAGE: Final = "detector"
+#: Object-size bucket edges in pixels (sqrt of a ground-truth box's area in the image).
+SIZE_EDGES: Final = (16, 32, 64, 128)
+#: Bucket names, smallest first: one more than the edges. Stable keys of ``size_buckets``.
+SIZE_BUCKETS: Final = ("<16", "16-32", "32-64", "64-128", ">=128")
+
+
+def box_size(box: tuple[float, float, float, float], width: int, height: int) -> float:
+    """sqrt(w * h) in pixels of a box normalised to 0..1 on a ``width`` x ``height`` image.
+
+    Rounded to 0.01 px, so a box stored normalised lands in the bucket its pixel size says:
+    YOLO labels keep 6 decimals, which makes a 16 px tall box on a 120 px image 15.99996 px.
+    """
+    w = (box[2] - box[0]) * width
+    h = (box[3] - box[1]) * height
+    return round(math.sqrt(max(0.0, w) * max(0.0, h)), 2)
+
+
+def size_bucket(size: float) -> str:
+    """The name of the bucket of an object ``size`` pixels big (lower edges inclusive)."""
+    return SIZE_BUCKETS[bisect.bisect_right(SIZE_EDGES, size)]
 
 
 @dataclass(frozen=True)
@@ -99,6 +136,16 @@ class ClassResult:
 
 
 @dataclass(frozen=True)
+class SizeBucket:
+    """Recall of one class on the ground-truth boxes of one size bucket, at its threshold."""
+
+    bucket: str  # one of SIZE_BUCKETS
+    gt: int
+    tp: int  # boxes taken by a detection at or above the class's threshold
+    recall: float | None  # None: no ground truth of this size
+
+
+@dataclass(frozen=True)
 class ViolationResult:
     """Pooled counts of the labels that are one violation type, each at its own threshold."""
 
@@ -129,6 +176,9 @@ class EvalReport:
     batch: int
     problems: tuple[str, ...] = field(default=())
     view: str = "whole"  # or "2x2 tiles, overlap 0.15" (Detector.detect_views)
+    # Per class (the classes' order): recall in each of SIZE_BUCKETS, smallest first.
+    size_buckets: Mapping[str, tuple[SizeBucket, ...]] = field(default_factory=dict)
+    stage: str = DETECTOR_STAGE  # what was scored (see the module docstring)
 
     @property
     def map(self) -> float | None:
@@ -147,8 +197,17 @@ class EvalReport:
         return 1000.0 * self.detect_seconds / self.images if self.images else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for ``--json``: fields plus ``map``, ``images_per_s``, ``ms_per_image``."""
+        """Plain data for ``--json``: fields plus ``map``, ``images_per_s``, ``ms_per_image``.
+
+        ``size_buckets`` is ``{class: {bucket: {"gt", "tp", "recall"}}}`` with every bucket
+        of SIZE_BUCKETS present, and ``size_edges_px`` gives the edges.
+        """
         data: dict[str, Any] = _plain(asdict(self))
+        data["size_buckets"] = {
+            label: {b.bucket: {"gt": b.gt, "tp": b.tp, "recall": b.recall} for b in buckets}
+            for label, buckets in self.size_buckets.items()
+        }
+        data["size_edges_px"] = list(SIZE_EDGES)
         data["map"] = self.map
         data["images_per_s"] = self.images_per_s
         data["ms_per_image"] = self.ms_per_image
@@ -191,12 +250,21 @@ def match_image(
 
     Returns (confidence, is true positive) per detection of the class, best first.
     """
+    return match_truth(detections, truth, label, iou=iou)[0]
+
+
+def match_truth(
+    detections: Sequence[Detection], truth: Sequence[LabelledBox], label: str, *, iou: float
+) -> tuple[list[tuple[float, bool]], list[float | None]]:
+    """:func:`match_image`, plus for each ground-truth box of ``label`` (in ``truth``'s order)
+    the confidence of the detection that took it, None when none did."""
     dets = sorted((d for d in detections if d.label == label), key=lambda d: -d.confidence)
     gts = [t.box for t in truth if t.label == label]
+    taken_by: list[float | None] = [None] * len(gts)
     if not dets:
-        return []
+        return [], taken_by
     if not gts:
-        return [(d.confidence, False) for d in dets]
+        return [(d.confidence, False) for d in dets], taken_by
     ious = box_iou(
         np.array([d.box for d in dets], dtype=np.float64), np.array(gts, dtype=np.float64)
     )
@@ -205,9 +273,28 @@ def match_image(
     for i, det in enumerate(dets):
         candidates = np.flatnonzero(~taken & (ious[i] >= iou))
         if candidates.size:
-            taken[candidates[np.argmax(ious[i, candidates])]] = True
+            best = int(candidates[np.argmax(ious[i, candidates])])
+            taken[best] = True
+            taken_by[best] = det.confidence
         out.append((det.confidence, bool(candidates.size)))
-    return out
+    return out, taken_by
+
+
+def size_recall(
+    found: Sequence[tuple[float, float | None]], threshold: float
+) -> tuple[SizeBucket, ...]:
+    """Recall per size bucket of ground-truth boxes given as (size in px, confidence of the
+    detection that took it or None), counting a box found at ``threshold`` or above."""
+    gt = [0] * len(SIZE_BUCKETS)
+    tp = [0] * len(SIZE_BUCKETS)
+    for size, confidence in found:
+        i = bisect.bisect_right(SIZE_EDGES, size)
+        gt[i] += 1
+        tp[i] += confidence is not None and confidence >= threshold
+    return tuple(
+        SizeBucket(name, g, t, _ratio(t, g))
+        for name, g, t in zip(SIZE_BUCKETS, gt, tp, strict=True)
+    )
 
 
 def average_precision(confidences: Sequence[float], hits: Sequence[bool], n_truth: int) -> float:
@@ -360,13 +447,15 @@ def evaluate(
     batch: int = DEFAULT_BATCH,
     progress: Progress | None = None,
     view: View | None = None,
+    stage: str = DETECTOR_STAGE,
 ) -> EvalReport:
     """Detect on every image of ``dataset`` and score the dataset's labelled classes.
 
     ``thresholds`` gives each label's operating threshold (``default_threshold`` for labels
     it lacks); ``violations`` maps labels to violation types for the pooled figures. Images
     that cannot be decoded are left out and listed in the report's problems. ``view``
-    (crop and tiles) is applied to every image as the agent applies a camera's.
+    (crop and tiles) is applied to every image as the agent applies a camera's. ``stage``
+    names what the report scores (the detector; later also the face stage).
 
     Raises:
         ValueError: ``iou`` is not in (0, 1] or ``batch`` is below 1.
@@ -382,6 +471,8 @@ def evaluate(
     if missing:
         problems.append(f"the model has no class {', '.join(missing)}: their AP is 0")
     matches: dict[str, list[tuple[float, bool]]] = {label: [] for label in labelled}
+    # Per ground-truth box: (size in px, confidence of the detection that took it or None).
+    found: dict[str, list[tuple[float, float | None]]] = {label: [] for label in labelled}
     gt_counts = dict.fromkeys(labelled, 0)
     done = 0
     detect_seconds = 0.0
@@ -401,10 +492,14 @@ def evaluate(
             else detector.detect_views(images, [view] * len(images))
         )
         detect_seconds += time.perf_counter() - t0
-        for (sample, _), detections in zip(part, results, strict=True):
+        for (sample, image), detections in zip(part, results, strict=True):
+            height, width = image.shape[:2]
             for label in labelled:
-                gt_counts[label] += sum(1 for b in sample.boxes if b.label == label)
-                matches[label].extend(match_image(detections, sample.boxes, label, iou=iou))
+                sizes = [box_size(b.box, width, height) for b in sample.boxes if b.label == label]
+                gt_counts[label] += len(sizes)
+                dets, taken_by = match_truth(detections, sample.boxes, label, iou=iou)
+                matches[label].extend(dets)
+                found[label].extend(zip(sizes, taken_by, strict=True))
         done += len(part)
         if progress is not None:
             progress(min(start + batch, len(samples)), len(samples))
@@ -413,6 +508,7 @@ def evaluate(
         _class_result(label, thresholds.get(label, default_threshold), matches[label], gt)
         for label, gt in gt_counts.items()
     )
+    size_buckets = {c.label: size_recall(found[c.label], c.threshold) for c in classes}
     package = detector.package
     report = EvalReport(
         dataset=str(dataset.root),
@@ -428,6 +524,8 @@ def evaluate(
         batch=batch,
         problems=tuple(problems),
         view=_describe(view),
+        size_buckets=size_buckets,
+        stage=stage,
     )
     logger.info(
         "evaluated %s on %d images of %s in %.1f s", report.model, done, report.dataset, seconds
@@ -471,6 +569,8 @@ def render_report(report: EvalReport, *, max_problems: int = 10) -> str:
     scored = sum(1 for c in report.classes if c.ap is not None)
     lines.append(f"{'mean ' + ap_name + f' ({scored} classes)':<72} {_fmt(report.map):>7}")
     lines.append("")
+    lines.extend(render_sizes(report))
+    lines.append("")
     if report.violations:
         lines.append(
             f"{'violation':<12} {'labels':<26} {'gt':>6} {'tp':>6} {'fp':>6} {'fn':>6} "
@@ -496,6 +596,20 @@ def render_report(report: EvalReport, *, max_problems: int = 10) -> str:
         if len(report.problems) > max_problems:
             lines.append(f"  ... and {len(report.problems) - max_problems} more (see --json)")
     return "\n".join(lines)
+
+
+def render_sizes(report: EvalReport) -> list[str]:
+    """Lines of the recall-by-size table: per class, found/ground truth and recall per bucket."""
+    edges = ", ".join(str(e) for e in SIZE_EDGES)
+    lines = [
+        f"recall by object size (stage {report.stage}) at the thresholds above: found/gt, recall",
+        f"size: sqrt(w*h) of the ground-truth box in image pixels, buckets split at {edges} px",
+        f"{'class':<18} " + " ".join(f"{name:>13}" for name in SIZE_BUCKETS),
+    ]
+    for label, buckets in report.size_buckets.items():
+        cells = ("-" if b.recall is None else f"{b.tp}/{b.gt} {b.recall:.2f}" for b in buckets)
+        lines.append(f"{label:<18} " + " ".join(f"{cell:>13}" for cell in cells))
+    return lines
 
 
 def render_sweep(report: EvalReport, *, precision_target: float) -> str:

@@ -19,7 +19,7 @@ masked by the polygon (eroded by a pixel, so the border does not count):
 Distance: the mean over the three histograms of the chi-square distance
 (0.5 * sum (a - b)^2 / (a + b), 0..1 for normalised histograms).
 
-Why these, measured with ``scripts/bench_food.py`` on synthetic-from-real scenes (real
+Why these, measured with ``scripts/bench/bench_food.py`` on synthetic-from-real scenes (real
 photographs as dishes, a stainless lid or cling film over them, empty steel trays,
 brightness x0.7..1.3, noise, camera shifts of up to 4 px; references from 4 dishes x 3
 states x 2 lighting variants per tray; 80 held-out crops with the same dishes and 80 with
@@ -63,17 +63,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from agent.config import AgentConfig, FoodConfig
-from agent.errors import ConfigError, OutboxError
+from agent.errors import ConfigError, StoreError
 from agent.fsutil import write_atomic
 from agent.records import FoodRef
 from agent.rules.zones import overlap, polygon_area
-from agent.store.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +288,39 @@ def stamp(wall: float) -> str:
     return f"{moment:%Y%m%dT%H%M%S}{moment.microsecond // 1000:03d}Z"
 
 
+class FoodRefDatabase(Protocol):
+    """Where reference rows live: the agent's database (``agent.store``'s ``Store``)."""
+
+    def add_food_ref(self, ref: FoodRef, *, keep: int | None = None) -> tuple[int, list[str]]:
+        """Store ``ref`` (its id is ignored); return its new id and the image paths of the
+        references dropped to keep ``keep`` per camera, zone and state.
+
+        Raises:
+            StoreError: the write failed.
+        """
+        ...
+
+    def food_refs(self, camera: str, zone: str | None = None) -> list[FoodRef]:
+        """The references of a camera (or one of its zones), oldest first."""
+        ...
+
+    def delete_food_refs(self, camera: str, zone: str, state: str | None = None) -> list[str]:
+        """Remove a zone's references (of one state, or all); return their image paths.
+
+        Raises:
+            StoreError: the write failed.
+        """
+        ...
+
+    def food_refs_version(self) -> tuple[int, int]:
+        """A value that changes whenever references are added or deleted."""
+        ...
+
+    def close(self) -> None:
+        """Close the database (the CLI's food commands open one for a single command)."""
+        ...
+
+
 class FoodStore:
     """Food-zone references: rows in the agent's database, images under the state directory.
 
@@ -295,9 +328,9 @@ class FoodStore:
     the zone's mask as its alpha channel, so features can be recomputed when they change.
     """
 
-    def __init__(self, outbox: Outbox, state_dir: Path, *, keep: int = 50) -> None:
-        """Use ``outbox``'s database; keep at most ``keep`` references per zone and state."""
-        self.outbox = outbox
+    def __init__(self, database: FoodRefDatabase, state_dir: Path, *, keep: int = 50) -> None:
+        """Keep rows in ``database``; keep at most ``keep`` references per zone and state."""
+        self.database = database
         self.root = state_dir / "food"
         self.keep = keep
 
@@ -314,7 +347,7 @@ class FoodStore:
 
         Raises:
             ValueError: ``state`` is not a food state, or the zone is too small.
-            OutboxError: the image or the row cannot be written.
+            StoreError: the image or the row cannot be written.
         """
         if state not in STATES:
             raise ValueError(f"unknown food state {state!r} (one of {', '.join(STATES)})")
@@ -328,16 +361,16 @@ class FoodStore:
             suffix += 1
         ok, png = cv2.imencode(".png", np.dstack([crop, mask]))
         if not ok:
-            raise OutboxError(f"{path}: cannot encode the reference image")
+            raise StoreError(f"{path}: cannot encode the reference image")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             write_atomic(path, png.tobytes())
         except OSError as exc:
-            raise OutboxError(f"{path}: cannot write the reference: {exc.strerror}") from exc
+            raise StoreError(f"{path}: cannot write the reference: {exc.strerror}") from exc
         ref = FoodRef(0, camera, zone, state, wall, str(path), vector.tobytes(), FEATURE_KIND)
         try:
-            new_id, dropped = self.outbox.add_food_ref(ref, keep=self.keep)
-        except OutboxError:
+            new_id, dropped = self.database.add_food_ref(ref, keep=self.keep)
+        except StoreError:
             path.unlink(missing_ok=True)
             raise
         self._remove_files(dropped)
@@ -345,15 +378,15 @@ class FoodStore:
 
     def references(self, camera: str, zone: str | None = None) -> list[FoodRef]:
         """The stored references of a camera (or one zone), oldest first."""
-        return self.outbox.food_refs(camera, zone)
+        return self.database.food_refs(camera, zone)
 
     def forget(self, camera: str, zone: str, state: str | None = None) -> int:
         """Delete a zone's references (of one state, or all) and their images; return how many.
 
         Raises:
-            OutboxError: the database cannot be written.
+            StoreError: the database cannot be written.
         """
-        paths = self.outbox.delete_food_refs(camera, zone, state)
+        paths = self.database.delete_food_refs(camera, zone, state)
         self._remove_files(paths)
         return len(paths)
 
@@ -431,10 +464,10 @@ class FoodMonitor:
     ``food forget`` run while the agent runs), checked at most once per interval.
     """
 
-    def __init__(self, config: AgentConfig, outbox: Outbox, state_dir: Path) -> None:
-        """Watch every ``food: true`` zone of ``config``'s cameras."""
+    def __init__(self, config: AgentConfig, database: FoodRefDatabase, state_dir: Path) -> None:
+        """Watch every ``food: true`` zone of ``config``'s cameras (references in ``database``)."""
         self.settings = config.food
-        self.store = FoodStore(outbox, state_dir, keep=config.food.references_per_state)
+        self.store = FoodStore(database, state_dir, keep=config.food.references_per_state)
         self.zones = {
             camera_id: {z: zone.polygon for z, zone in camera.zones.items() if zone.food}
             for camera_id, camera in config.cameras.items()
@@ -450,7 +483,7 @@ class FoodMonitor:
         return bool(self.zones.get(camera))
 
     def _reload_if_changed(self) -> None:
-        version = self.store.outbox.food_refs_version()
+        version = self.store.database.food_refs_version()
         if version == self._version:
             return
         self._classifiers = {
@@ -474,7 +507,7 @@ class FoodMonitor:
         ``occluders`` are the frame's person/face/head detection boxes (normalised).
 
         Raises:
-            OutboxError: the references cannot be read.
+            StoreError: the references cannot be read.
         """
         zones = self.zones.get(camera)
         if not zones:

@@ -40,7 +40,7 @@ import numpy as np
 import yaml
 
 from agent.config import AgentConfig, CaptureConfig, IdentityConfig
-from agent.errors import DatasetError, OutboxError
+from agent.errors import DatasetError, StoreError
 from agent.fsutil import write_atomic
 from agent.records import Detection
 from agent.rules.engine import DEFAULT_MIN_CONFIDENCE
@@ -121,7 +121,7 @@ def read_classes(directory: Path) -> tuple[str, ...] | None:
     """The class names stored with the captures, or None when nothing was captured yet.
 
     Raises:
-        OutboxError: the file exists but cannot be read.
+        StoreError: the file exists but cannot be read.
     """
     path = directory / CLASSES_FILE
     try:
@@ -129,7 +129,7 @@ def read_classes(directory: Path) -> tuple[str, ...] | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        raise OutboxError(f"{path}: cannot read the class names: {exc}") from exc
+        raise StoreError(f"{path}: cannot read the class names: {exc}") from exc
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
@@ -150,7 +150,7 @@ def stored_frames(directory: Path) -> list[StoredFrame]:
     Files of other names are ignored; a missing ``directory`` holds none.
 
     Raises:
-        OutboxError: ``directory`` exists but cannot be listed.
+        StoreError: ``directory`` exists but cannot be listed.
     """
     frames = []
     try:
@@ -158,7 +158,7 @@ def stored_frames(directory: Path) -> list[StoredFrame]:
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise OutboxError(f"{directory}: cannot list captured frames: {exc.strerror}") from exc
+        raise StoreError(f"{directory}: cannot list captured frames: {exc.strerror}") from exc
     for folder in cameras:
         try:
             images = list(folder.glob("*.jpg"))
@@ -199,7 +199,7 @@ class Capture:
         """Open the capture directory when capture is enabled (nothing is touched otherwise).
 
         Raises:
-            OutboxError: the directory cannot be created, listed or its files rewritten.
+            StoreError: the directory cannot be created, listed or its files rewritten.
         """
         self.config = config
         self.labels = tuple(labels)
@@ -224,7 +224,7 @@ class Capture:
             self._sync_classes()
             self._clean_leftovers()
         except OSError as exc:
-            raise OutboxError(f"{self.directory}: cannot use the capture directory: {exc}") from exc
+            raise StoreError(f"{self.directory}: cannot use the capture directory: {exc}") from exc
         self._frames = deque(stored_frames(self.directory))
         self._bytes = sum(f.size for f in self._frames)
         self._evict()
@@ -404,7 +404,7 @@ def summarize(directory: Path) -> dict[str, Any]:
     """What is captured in ``directory``: frames and bytes per camera, boxes per class, span.
 
     Raises:
-        OutboxError: the directory or its class names cannot be read.
+        StoreError: the directory or its class names cannot be read.
     """
     frames = stored_frames(directory)
     names = read_classes(directory) or ()
@@ -474,7 +474,7 @@ def export(
 
     Raises:
         DatasetError: nothing matches, or ``out`` exists and is not an empty folder.
-        OutboxError: the capture directory cannot be read or ``out`` cannot be written.
+        StoreError: the capture directory cannot be read or ``out`` cannot be written.
     """
     names = read_classes(directory)
     frames = [
@@ -499,7 +499,7 @@ def export(
         (out / "labels").mkdir(exist_ok=True)
         copied = [frame for frame in frames if _copy_frame(frame, out)]
     except OSError as exc:
-        raise OutboxError(f"{out}: cannot write the dataset: {exc.strerror}") from exc
+        raise StoreError(f"{out}: cannot write the dataset: {exc.strerror}") from exc
     if not copied:
         raise DatasetError(f"{directory}: every frame was deleted during the export")
     boxes = _box_counts(copied, names)
@@ -551,7 +551,7 @@ def export(
             json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
         )
     except OSError as exc:
-        raise OutboxError(f"{out}: cannot write the dataset: {exc.strerror}") from exc
+        raise StoreError(f"{out}: cannot write the dataset: {exc.strerror}") from exc
     return ExportResult(len(copied), dict(boxes), copied[0].wall, copied[-1].wall)
 
 

@@ -16,26 +16,24 @@ from __future__ import annotations
 
 import collections
 import enum
-import errno
-import itertools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import av
 import av.error
-import numpy as np
 
 from agent.backoff import Backoff
 from agent.config import CameraConfig
 from agent.errors import SecretError, StreamError
+from agent.ingest.errors import classify_error
+from agent.ingest.frames import Frame, FrameSink
 from agent.records import CameraState, Transition
 from agent.redact import redact_text, redact_url
 
@@ -55,74 +53,6 @@ class Quality(str, enum.Enum):
     FAIR = "fair"
     POOR = "poor"
     UNUSABLE = "unusable"
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """A decoded frame handed to detection."""
-
-    camera_id: str
-    image: np.ndarray = field(repr=False)  # BGR, HxWx3 uint8
-    wall: float  # time.time() when decoded
-    mono: float  # time.monotonic() when decoded
-    keyframe: bool
-
-
-class FrameSlot:
-    """Holds the newest frame of one camera; an untaken frame replaced by a newer one is dropped."""
-
-    def __init__(self, wake: threading.Event | None = None) -> None:
-        self._lock = threading.Lock()
-        self._frame: Frame | None = None
-        self._wake = wake
-        self.dropped = 0
-
-    def put(self, frame: Frame) -> None:
-        """Offer a frame; replaces (and counts as dropped) one not yet taken."""
-        with self._lock:
-            if self._frame is not None:
-                self.dropped += 1
-            self._frame = frame
-        if self._wake is not None:
-            self._wake.set()
-
-    def take(self) -> Frame | None:
-        """Take the newest frame, if any."""
-        with self._lock:
-            frame, self._frame = self._frame, None
-        return frame
-
-
-class FrameSink(Protocol):
-    """Where a reader puts the frames it decodes for analysis."""
-
-    dropped: int
-
-    def put(self, frame: Frame) -> None:
-        """Offer a frame."""
-
-
-class FrameRing:
-    """The last few frames of a camera's main stream, for evidence at full resolution."""
-
-    def __init__(self, size: int = 4) -> None:
-        self._lock = threading.Lock()
-        self._frames: collections.deque[Frame] = collections.deque(maxlen=size)
-        self.dropped = 0  # frames age out of the ring by design; nothing is dropped
-
-    def put(self, frame: Frame) -> None:
-        """Keep ``frame``, forgetting the oldest."""
-        with self._lock:
-            self._frames.append(frame)
-
-    def closest(self, wall: float, within: float) -> Frame | None:
-        """The kept frame decoded closest to ``wall``, if within ``within`` seconds of it."""
-        with self._lock:
-            frames = list(self._frames)
-        best = min(frames, key=lambda f: abs(f.wall - wall), default=None)
-        if best is None or abs(best.wall - wall) > within:
-            return None
-        return best
 
 
 class Sampler:
@@ -155,35 +85,6 @@ class Sampler:
     def wait_for_keyframe(self, next_key: float) -> bool:
         """Whether nothing before the keyframe at ``next_key`` will be due."""
         return self.next_due is not None and self.next_due >= next_key - self.tolerance
-
-
-_URL_IN_TEXT = re.compile(r"'?[a-z][a-z0-9+.-]*://\S+")
-_STATUS_401 = re.compile(r"\b40[13]\b")
-_STATUS_404 = re.compile(r"\b404\b")
-
-
-def classify_error(exc: BaseException) -> str:  # noqa: PLR0911 - a decision table
-    """Map a PyAV/OS error to a short class the platform can group by."""
-    # Drop URLs first: a port such as 40123 must not read as an HTTP 401.
-    text = _URL_IN_TEXT.sub("", str(exc).lower())
-    if isinstance(exc, av.error.HTTPNotFoundError | FileNotFoundError) or _STATUS_404.search(text):
-        return "not_found"
-    if isinstance(
-        exc, av.error.HTTPUnauthorizedError | av.error.HTTPForbiddenError
-    ) or _STATUS_401.search(text):
-        return "auth_failed"
-    code = getattr(exc, "errno", None)
-    if isinstance(exc, ConnectionRefusedError) or code == errno.ECONNREFUSED or "refused" in text:
-        return "refused"
-    if isinstance(exc, TimeoutError) or code == errno.ETIMEDOUT or "timed out" in text:
-        return "timeout"
-    if isinstance(exc, EOFError) or "end of file" in text:
-        return "ended"
-    if isinstance(exc, av.error.InvalidDataError) or "invalid data" in text:
-        return "decode_error"
-    if code in {errno.EHOSTUNREACH, errno.ENETUNREACH} or "unreachable" in text:
-        return "unreachable"
-    return "error"
 
 
 @dataclass(slots=True)
@@ -658,157 +559,3 @@ def grade(health: dict[str, Any]) -> Quality:
     if ratio < 0.9 or troubles > 0:
         return Quality.FAIR
     return Quality.EXCELLENT
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """What ``camera probe`` measured on a stream."""
-
-    url: str  # redacted
-    codec: str
-    width: int
-    height: int
-    expected_fps: float | None
-    measured_fps: float
-    keyframe_interval_s: float | None
-    first_frame_s: float
-    seconds: float
-    packets: int
-    keyframes: int
-    bitrate_kbps: float
-    snapshot: np.ndarray = field(repr=False)  # BGR, the first decoded frame
-
-
-def _open_for_cli(
-    url: str, shown: str, *, transport: str, timeout: float, fast: bool = False
-) -> av.container.InputContainer:
-    """Open a stream for a one-off command (probe, grab); ``shown`` is its redacted URL.
-
-    Raises:
-        StreamError: it cannot be opened; the message names the error class.
-    """
-    options: dict[str, str] = {}
-    if "://" in url and not url.startswith("file://"):
-        options = {"rtsp_transport": transport, "timeout": str(int(timeout * 1_000_000))}
-        if fast:
-            options["fpsprobesize"] = "0"
-    try:
-        return av.open(url, mode="r", options=options, timeout=(timeout, timeout))
-    except (av.error.FFmpegError, OSError) as exc:
-        kind = classify_error(exc)
-        raise StreamError(f"{shown}: cannot open ({kind}): {redact_text(str(exc))}") from exc
-
-
-def probe(
-    url: str, *, transport: str = "tcp", seconds: float = 5.0, timeout: float = 10.0
-) -> ProbeResult:
-    """Open ``url`` and measure it like an installer would want: codec, size, fps, GOP.
-
-    Raises:
-        StreamError: the stream cannot be opened or gives no frame; the message names the
-            error class (auth_failed, not_found, refused, timeout, ...), credentials redacted.
-    """
-    shown = redact_url(url)
-    t0 = time.monotonic()
-    container = _open_for_cli(url, shown, transport=transport, timeout=timeout)
-    try:
-        if not container.streams.video:
-            raise StreamError(f"{shown}: no video stream")
-        stream = container.streams.video[0]
-        time_base = stream.time_base or Fraction(1, 90000)
-        rate = stream.average_rate or stream.guessed_rate
-        first: np.ndarray | None = None
-        first_at = 0.0
-        packets = keyframes = size = 0
-        key_times: list[float] = []
-        started = None
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue
-            now = time.monotonic()
-            started = started if started is not None else now
-            packets += 1
-            size += packet.size
-            if packet.is_keyframe:
-                keyframes += 1
-                pts = float(packet.pts * time_base) if packet.pts is not None else now
-                key_times.append(pts)
-            if first is None:
-                for frame in packet.decode():
-                    first = frame.to_ndarray(format="bgr24")
-                    first_at = time.monotonic() - t0
-                    break
-            if now - started >= seconds:
-                break
-        if first is None:
-            raise StreamError(f"{shown}: no frame could be decoded")
-        elapsed = max(1e-6, time.monotonic() - (started or t0))
-        gaps = [b - a for a, b in itertools.pairwise(key_times) if b > a]
-        ctx = stream.codec_context
-        return ProbeResult(
-            url=shown,
-            codec=ctx.name,
-            width=ctx.width,
-            height=ctx.height,
-            expected_fps=float(rate) if rate else None,
-            measured_fps=packets / elapsed,
-            keyframe_interval_s=sum(gaps) / len(gaps) if gaps else None,
-            first_frame_s=first_at,
-            seconds=elapsed,
-            packets=packets,
-            keyframes=keyframes,
-            bitrate_kbps=size * 8 / elapsed / 1000,
-            snapshot=first,
-        )
-    except (av.error.FFmpegError, OSError) as exc:
-        kind = classify_error(exc)
-        raise StreamError(f"{shown}: stream failed ({kind}): {redact_text(str(exc))}") from exc
-    finally:
-        container.close()
-
-
-def grab_frames(
-    url: str,
-    *,
-    count: int,
-    seconds: float,
-    transport: str = "tcp",
-    timeout: float = 10.0,
-) -> list[np.ndarray]:
-    """Decode ``count`` BGR frames spread evenly over ``seconds`` of the stream.
-
-    Spacing follows the stream's timestamps, so a live camera takes about ``seconds`` and
-    a file is read as fast as it decodes. Fewer frames come back when the stream ends early.
-
-    Raises:
-        StreamError: the stream cannot be opened or gives no frame (credentials redacted).
-    """
-    shown = redact_url(url)
-    step = seconds / (count - 1) if count > 1 else 0.0
-    frames: list[np.ndarray] = []
-    # As CameraReader: no ~5 s frame-rate probe per open.
-    container = _open_for_cli(url, shown, transport=transport, timeout=timeout, fast=True)
-    try:
-        if not container.streams.video:
-            raise StreamError(f"{shown}: no video stream")
-        first: float | None = None
-        deadline = time.monotonic() + seconds + timeout  # a stream whose clock stalls
-        for frame in container.decode(video=0):
-            if frame.pts is None:  # no timestamp (RTSP's first frame may lack one)
-                continue
-            first = float(frame.time) if first is None else first
-            late = time.monotonic() > deadline
-            if late or float(frame.time) - first >= step * len(frames) - 1e-6:
-                frames.append(frame.to_ndarray(format="bgr24"))
-                if len(frames) >= count or late:
-                    break
-    except (av.error.FFmpegError, OSError) as exc:
-        if not frames:
-            kind = classify_error(exc)
-            raise StreamError(f"{shown}: stream failed ({kind}): {redact_text(str(exc))}") from exc
-        logger.warning("%s: stream failed after %d frame(s): %s", shown, len(frames), exc)
-    finally:
-        container.close()
-    if not frames:
-        raise StreamError(f"{shown}: no frame could be decoded")
-    return frames

@@ -2,7 +2,8 @@
 
 Each check is a function that returns a :class:`Check` (name, verdict, short detail) and never
 raises: a check that cannot run says so in its detail. ``status`` reads the agent's SQLite
-state through a read-only connection, so it neither blocks nor changes a running agent.
+state through a read-only view (:class:`~agent.store.store.StoreView`), so it neither
+blocks nor changes a running agent.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 import ssl
 import subprocess
 import threading
@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from agent.config import AgentConfig, check_secrets, load_config
-from agent.errors import AgentError, ConfigError, OutboxError
+from agent.errors import AgentError, ConfigError, StoreBusyError, StoreError
 from agent.redact import redact_text
+from agent.store.database import db_path
+from agent.store.store import StoreView
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,6 @@ FAIL: Verdict = "FAIL"
 MIN_YEAR = 2025
 DEFAULT_MIN_FREE_BYTES = 1024**3  # 1 GiB ...
 DEFAULT_MIN_FREE_SHARE = 0.05  # ... or 5 % of the filesystem, whichever is smaller
-DB_NAME = "agent.db"
 UNIT = "mclz-agent"
 # MQTT CONNACK reason codes meaning "who you are is not accepted" (v5 134/135, v3.1.1 4/5).
 _AUTH_CODES = {134, 135, 4, 5}
@@ -140,73 +141,47 @@ def check_disk(state_dir: Path, min_free_mb: float | None = None) -> Check:
     return Check("disk", OK, detail)
 
 
-def connect_ro(path: Path) -> sqlite3.Connection:
-    """A read-only connection to the agent's database that never creates it.
-
-    Raises:
-        OutboxError: the file is missing or SQLite cannot open it.
-    """
-    if not path.is_file():
-        raise OutboxError(f"{path}: no database yet (the agent has not run with this config)")
-    try:
-        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
-        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
-    except sqlite3.Error as exc:
-        raise OutboxError(f"{path}: cannot open the database read-only: {exc}") from exc
-    return conn
-
-
 def check_database(state_dir: Path) -> Check:
-    """The agent's database opens read-only and passes SQLite's full integrity check."""
-    path = state_dir / DB_NAME
+    """The agent's database opens read-only and passes SQLite's full integrity check.
+
+    Read-only: the file is never created, migrated or moved. A lock held past the wait is a
+    warning (the agent may be busy; the file is not known to be bad), not a failure.
+    """
+    path = db_path(state_dir)
     if not path.exists():
         return Check("database", WARN, f"{path}: no database yet (created on the first run)")
     try:
-        conn = connect_ro(path)
-    except OutboxError as exc:
+        with StoreView(path) as view:
+            rows = view.integrity_check()
+    except StoreBusyError as exc:
+        return Check("database", WARN, f"{exc} (integrity not checked)")
+    except StoreError as exc:  # missing, unreadable, or damaged past what the check can read
         return Check("database", FAIL, str(exc))
-    try:
-        rows = conn.execute("PRAGMA integrity_check").fetchall()
-    except sqlite3.Error as exc:
-        return Check("database", FAIL, f"{path}: integrity check failed: {exc}")
-    finally:
-        conn.close()
-    if [r[0] for r in rows] != ["ok"]:
-        return Check("database", FAIL, f"{path}: corrupt: {'; '.join(str(r[0]) for r in rows[:3])}")
-    return Check("database", OK, f"{path}: integrity ok ({path.stat().st_size / 1e6:.1f} MB)")
+    if rows != ["ok"]:
+        return Check("database", FAIL, f"{path}: corrupt: {'; '.join(rows[:3])}")
+    detail = f"{path}: integrity ok ({path.stat().st_size / 1e6:.1f} MB)"
+    if view.missing_migrations:
+        return Check(
+            "database",
+            WARN,
+            f"{detail}; schema older than this mclz-agent (lacks "
+            f"{', '.join(view.missing_migrations)}): the agent upgrades it when it next starts",
+        )
+    return Check("database", OK, detail)
 
 
 def _probe_client(cfg: AgentConfig, timeout: float) -> Any:
-    """A paho client set up as the agent's (TLS, user, password) under its own client id.
+    """The agent's own client (agent.uplink.mqtt: TLS, user, password) under its own client
+    id, without a session to keep.
 
     Raises:
-        ConfigError: the password cannot be read.
-        OSError, ssl.SSLError: the TLS material cannot be loaded.
+        ConfigError: the password cannot be read, or it is set without a user name.
+        UplinkError: the TLS material cannot be loaded.
     """
-    import paho.mqtt.client as mqtt  # noqa: PLC0415
-    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+    from agent.uplink.mqtt import build_client  # noqa: PLC0415 - paho only when checking
 
-    m = cfg.mqtt
-    v5 = m.protocol == "5"
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=f"{cfg.client_id}-check"[:128],
-        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-        clean_session=None if v5 else True,
-    )
+    client = build_client(cfg.mqtt, f"{cfg.client_id}-check"[:128], keep_session=False)
     client.connect_timeout = timeout
-    if m.username:
-        password = m.password.resolve("mqtt.password") if m.password is not None else None
-        client.username_pw_set(m.username, password)
-    if m.use_tls:
-        client.tls_set(
-            ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
-            certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
-            keyfile=str(m.tls.key_file) if m.tls.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-        client.tls_insecure_set(m.tls.insecure)
     return client
 
 
@@ -221,8 +196,8 @@ def check_broker(cfg: AgentConfig, timeout: float = 5.0) -> Check:  # noqa: PLR0
         client = _probe_client(cfg, timeout)
     except ConfigError as exc:
         return Check("broker", FAIL, str(exc))
-    except (OSError, ssl.SSLError) as exc:
-        return Check("broker", FAIL, f"{where}: cannot load TLS material: {exc}")
+    except AgentError as exc:  # UplinkError: unreadable TLS material, named mqtt.tls
+        return Check("broker", FAIL, f"{where}: {exc}")
 
     answer: list[Any] = []
     done = threading.Event()
@@ -270,7 +245,7 @@ def check_broker(cfg: AgentConfig, timeout: float = 5.0) -> Check:  # noqa: PLR0
 
 def check_cameras(cfg: AgentConfig, seconds: float = 2.0, timeout: float = 5.0) -> list[Check]:
     """Open each enabled camera and measure fps and keyframe interval (one line each)."""
-    from agent.ingest.reader import probe  # noqa: PLC0415
+    from agent.ingest.probe import probe  # noqa: PLC0415
 
     enabled = {cid: cam for cid, cam in cfg.cameras.items() if cam.enabled}
     if not enabled:
@@ -301,7 +276,8 @@ def check_cameras(cfg: AgentConfig, seconds: float = 2.0, timeout: float = 5.0) 
 
 def check_model(cfg: AgentConfig) -> Check:
     """The model package's manifest and sha256, then its ONNX graph on the configured backend."""
-    from agent.detect.detector import Detector, load_model_package  # noqa: PLC0415
+    from agent.detect.detector import Detector  # noqa: PLC0415
+    from agent.detect.model import load_model_package  # noqa: PLC0415
 
     try:
         package = load_model_package(cfg.model.path)
@@ -342,8 +318,9 @@ def check_capacity(cfg: AgentConfig) -> Check:
     """
     import numpy as np  # noqa: PLC0415
 
-    from agent.detect.detector import Detector, load_model_package  # noqa: PLC0415
+    from agent.detect.detector import Detector  # noqa: PLC0415
     from agent.detect.gate import HIGH as GOVERNOR_BUSY  # noqa: PLC0415 - intervals stretch above
+    from agent.detect.model import load_model_package  # noqa: PLC0415
 
     demand, cameras, tiled = inference_demand(cfg)
     if cameras == 0:
@@ -385,7 +362,8 @@ def check_capacity(cfg: AgentConfig) -> Check:
 
 def check_audio(cfg: AgentConfig) -> Check:
     """The alarm's sounder: nothing to do, aplay present (alsa), or a short test play."""
-    from agent.alarm.alarm import SoundBank, make_sounder  # noqa: PLC0415
+    from agent.alarm.sounders import make_sounder  # noqa: PLC0415
+    from agent.alarm.sounds import SoundBank  # noqa: PLC0415
 
     sounder_cfg = cfg.alarm.sounder
     if sounder_cfg.kind == "none":
@@ -480,30 +458,22 @@ def read_status(cfg: AgentConfig, now: float | None = None) -> dict[str, Any]:
     whether it is alive: older than three intervals (and at least 30 s) means stopped or hung.
 
     Raises:
-        OutboxError: there is no database yet, or it cannot be opened.
+        StoreBusyError: another process held a lock that blocks readers past the wait.
+        StoreError: there is no database yet, or it cannot be read.
     """
     now = time.time() if now is None else now
-    path = cfg.storage.state_dir / DB_NAME
-    conn = connect_ro(path)
-    try:
-        return _status(conn, cfg, path, now)
-    except sqlite3.Error as exc:
-        raise OutboxError(f"{path}: cannot read the agent's state: {exc}") from exc
-    finally:
-        conn.close()
+    with StoreView(db_path(cfg.storage.state_dir)) as view:
+        return _status(view, cfg, now)
 
 
-def _camera_rows(conn: sqlite3.Connection, times: list[float]) -> dict[str, Any]:
+def _camera_rows(view: StoreView, times: list[float]) -> dict[str, Any]:
     cameras: dict[str, Any] = {}
-    for camera, state, since, updated, text in conn.execute(
-        "SELECT camera, state, since, updated_at, health FROM camera_health ORDER BY camera"
-    ):
-        health = json.loads(text)
+    for camera, (updated, health) in sorted(view.camera_health().items()):
         times.append(updated)
         error = health.get("last_error")
         cameras[camera] = {
-            "state": state,
-            "since": since,
+            "state": health.get("state"),
+            "since": health.get("since"),
             "fps": health.get("fps"),
             "quality": health.get("quality"),
             "updated_at": updated,
@@ -514,33 +484,26 @@ def _camera_rows(conn: sqlite3.Connection, times: list[float]) -> dict[str, Any]
 
 
 def _backlog_rows(
-    conn: sqlite3.Connection, now: float, times: list[float]
+    view: StoreView, now: float, times: list[float]
 ) -> tuple[dict[str, Any], float | None]:
     """Backlog per kind and the uptime the newest unsent heartbeat gives, if any."""
     backlog: dict[str, Any] = {}
-    for kind, count, oldest, newest in conn.execute(
-        "SELECT kind, COUNT(*), MIN(created_at), MAX(created_at) FROM outbox GROUP BY kind"
-        " ORDER BY kind"
-    ):
+    for kind, (count, oldest, newest) in view.backlog_span().items():
         backlog[kind] = {"messages": count, "oldest_age_s": round(now - oldest, 1)}
         times.append(newest)
-    row = conn.execute(
-        "SELECT created_at, payload FROM outbox WHERE kind = 'heartbeat' ORDER BY seq DESC LIMIT 1"
-    ).fetchone()
-    if row is None:
+    heartbeat = view.newest("heartbeat")
+    if heartbeat is None:
         return backlog, None
+    created, payload = heartbeat
     try:
-        return backlog, float(json.loads(row[1])["uptime_s"]) + (now - row[0])
+        return backlog, float(json.loads(payload)["uptime_s"]) + (now - created)
     except (ValueError, KeyError, TypeError):
         return backlog, None
 
 
-def _alert_rows(conn: sqlite3.Connection, times: list[float]) -> list[dict[str, Any]]:
+def _alert_rows(view: StoreView, times: list[float]) -> list[dict[str, Any]]:
     alerts: list[dict[str, Any]] = []
-    for a_type, camera, zone, started, ended, raised in conn.execute(
-        "SELECT type, camera, zone, started_at, ended_at, raised_at FROM alerts"
-        " ORDER BY raised_at DESC LIMIT 5"
-    ):
+    for a_type, camera, zone, started, ended, raised in view.alert_spans(5):
         alerts.append(
             {"type": a_type, "camera": camera, "zone": zone, "started": started, "ended": ended}
         )
@@ -563,14 +526,10 @@ def pid_alive(pid: int) -> bool | None:
     return True
 
 
-def _run_rows(
-    conn: sqlite3.Connection, times: list[float]
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def _run_rows(view: StoreView, times: list[float]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The agent's run record (pid, start) and its latest progress record, if saved."""
     records: dict[str, dict[str, Any]] = {}
-    for key, value, updated in conn.execute(
-        "SELECT key, value, updated_at FROM settings WHERE key IN ('state.run', 'state.progress')"
-    ):
+    for key, (value, updated) in view.settings_at(("state.run", "state.progress")).items():
         try:
             data = json.loads(value)
         except ValueError:
@@ -581,13 +540,13 @@ def _run_rows(
     return records.get("state.run", {}), records.get("state.progress", {})
 
 
-def _status(conn: sqlite3.Connection, cfg: AgentConfig, path: Path, now: float) -> dict[str, Any]:
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+def _status(view: StoreView, cfg: AgentConfig, now: float) -> dict[str, Any]:
+    path, tables = view.path, view.tables
     times: list[float] = []
-    run, progress = _run_rows(conn, times) if "settings" in tables else ({}, {})
-    cameras = _camera_rows(conn, times) if "camera_health" in tables else {}
-    backlog, uptime = _backlog_rows(conn, now, times) if "outbox" in tables else ({}, None)
-    alerts = _alert_rows(conn, times) if "alerts" in tables else []
+    run, progress = _run_rows(view, times) if "settings" in tables else ({}, {})
+    cameras = _camera_rows(view, times) if "camera_health" in tables else {}
+    backlog, uptime = _backlog_rows(view, now, times) if "outbox" in tables else ({}, None)
+    alerts = _alert_rows(view, times) if "alerts" in tables else []
     # The write-ahead log changes on every commit, also when acked rows are deleted.
     for file in (path, path.with_name(path.name + "-wal")):
         if file.exists():

@@ -40,7 +40,8 @@ from agent.config import (
     parse_config,
     with_base_dir,
 )
-from agent.errors import ConfigError, OutboxError
+from agent.detect.views import View
+from agent.errors import ConfigError, StoreError
 from agent.fsutil import write_atomic
 
 UNIT_NAME = "mclz-agent.service"
@@ -294,7 +295,7 @@ def store_secret(directory: Path, name: str, value: str) -> Path:
     """Keep ``value`` as credential ``name``: a 0600 file in a 0700 directory.
 
     Raises:
-        OutboxError: the directory or file cannot be written.
+        StoreError: the directory or file cannot be written.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ConfigError(f"credential name {name!r}: letters, digits, '.', '_' and '-' only")
@@ -304,7 +305,7 @@ def store_secret(directory: Path, name: str, value: str) -> Path:
         os.chmod(directory, 0o700)
         write_atomic(path, value.encode("utf-8") + b"\n", mode=0o600)
     except OSError as exc:
-        raise OutboxError(f"{path}: cannot store the secret: {exc.strerror}") from exc
+        raise StoreError(f"{path}: cannot store the secret: {exc.strerror}") from exc
     return path
 
 
@@ -312,14 +313,14 @@ def _write_config(path: Path, text: str, mode: int) -> None:
     """Replace ``path`` atomically with ``text`` and give it ``mode``.
 
     Raises:
-        OutboxError: it cannot be written.
+        StoreError: it cannot be written.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, text.encode("utf-8"))
         os.chmod(path, mode)
     except OSError as exc:
-        raise OutboxError(f"{path}: cannot write the config: {exc.strerror}") from exc
+        raise StoreError(f"{path}: cannot write the config: {exc.strerror}") from exc
 
 
 def init_config(
@@ -335,7 +336,7 @@ def init_config(
 
     Raises:
         ConfigError: an answer is invalid (all are listed), or the file exists.
-        OutboxError: the config or the credential cannot be written.
+        StoreError: the config or the credential cannot be written.
     """
     problems = settings.problems()
     if problems:
@@ -356,7 +357,7 @@ def init_config(
         try:
             shutil.copy2(path, backup)
         except OSError as exc:
-            raise OutboxError(f"{backup}: cannot keep the old config: {exc.strerror}") from exc
+            raise StoreError(f"{backup}: cannot keep the old config: {exc.strerror}") from exc
     _write_config(path, text, 0o640)
     return InitResult(path, tuple(stored), backup)
 
@@ -383,7 +384,7 @@ def edit_config(path: Path, change: Callable[[Any], None]) -> AgentConfig:
     Raises:
         ConfigError: the file cannot be read or parsed, ``change`` refuses, or the result is
             invalid (every problem listed, the file untouched).
-        OutboxError: the file cannot be written.
+        StoreError: the file cannot be written.
     """
     from ruamel.yaml.error import YAMLError  # noqa: PLC0415
 
@@ -451,7 +452,7 @@ def add_camera(
     Raises:
         ConfigError: the id is invalid, the camera exists (without ``replace``) or the result
             is invalid.
-        OutboxError: the file cannot be written.
+        StoreError: the file cannot be written.
     """
     if not _ID_RE.match(camera_id):
         _bad_id(camera_id)
@@ -505,7 +506,7 @@ def remove_camera(path: Path, camera_id: str) -> tuple[AgentConfig, str | None]:
 
     Raises:
         ConfigError: no such camera, or a rule still needs one of its zones.
-        OutboxError: the file cannot be written.
+        StoreError: the file cannot be written.
     """
     removed: list[str | None] = []
 
@@ -565,7 +566,7 @@ def draw_zones(frame: np.ndarray, camera: CameraConfig, font: Path | None = None
             + (" (excluded)" if zone.exclude else " (food)" if zone.food else "")
         )
         labels.append((top_left, text, colour))
-    view = camera.view.detector_view()
+    view = View.from_config(camera.view)
     if not view.is_whole:
         left, top, right, bottom = view.bounds(width, height)
         shaded = (image * 0.45).astype(np.uint8)  # outside the crop: not analysed
@@ -732,7 +733,7 @@ def apply_service(plan: ServicePlan) -> list[str]:
     """Write the plan's files and run its commands; return what was done, line by line.
 
     Raises:
-        OutboxError: a file cannot be written or a command fails (its output is quoted).
+        StoreError: a file cannot be written or a command fails (its output is quoted).
     """
     done = []
     for path, text in ((plan.unit_path, plan.unit_text), (plan.dropin_path, plan.dropin_text)):
@@ -741,15 +742,15 @@ def apply_service(plan: ServicePlan) -> list[str]:
             write_atomic(path, text.encode("utf-8"))
             os.chmod(path, 0o644)
         except OSError as exc:
-            raise OutboxError(f"{path}: cannot write: {exc.strerror}") from exc
+            raise StoreError(f"{path}: cannot write: {exc.strerror}") from exc
         done.append(f"wrote {path}")
     for command in plan.commands:
         try:
             result = subprocess.run(command, capture_output=True, text=True, check=False)
         except OSError as exc:
-            raise OutboxError(f"{' '.join(command)}: cannot run: {exc.strerror}") from exc
+            raise StoreError(f"{' '.join(command)}: cannot run: {exc.strerror}") from exc
         if result.returncode != 0:
-            raise OutboxError(
+            raise StoreError(
                 f"{' '.join(command)} failed ({result.returncode}): "
                 f"{(result.stderr or result.stdout).strip()[:500]}"
             )
@@ -768,7 +769,7 @@ def sync_credentials(
     Returns the drop-in's path, or None when the unit is not installed (nothing to do).
 
     Raises:
-        OutboxError: the drop-in cannot be written.
+        StoreError: the drop-in cannot be written.
     """
     unit_dir = root / "etc/systemd/system"
     if not (unit_dir / UNIT_NAME).exists():
@@ -779,7 +780,7 @@ def sync_credentials(
         write_atomic(path, credentials_dropin(config, credentials_dir).encode("utf-8"))
         os.chmod(path, 0o644)
     except OSError as exc:
-        raise OutboxError(f"{path}: cannot write: {exc.strerror}") from exc
+        raise StoreError(f"{path}: cannot write: {exc.strerror}") from exc
     return path
 
 

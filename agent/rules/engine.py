@@ -10,15 +10,47 @@ the whole picture. Per analysed frame of a camera:
    kitchen, not a speck or the whole picture) and it is in the zone (see ``agent.rules.zones``);
 3. an episode starts at the first hit and lasts while hits keep coming with gaps no longer
    than ``end_after`` (a detector misses a head now and then; that must not restart it);
-4. the alert **starts** once the episode has lasted ``min_duration`` and, when
-   ``consensus: [m, n]`` is set, at least m of the track's last n checks hit; and only
-   inside the rule's ``schedule`` and out of the track's ``cooldown`` (counted from the
-   previous alert's start); an episode raises at most one alert;
+4. the alert **starts** once the episode has lasted ``min_duration`` (counted as below,
+   from two hits on) and, when ``consensus: [m, n]`` is set, at least m of the track's
+   last n checks hit; and only inside the rule's ``schedule`` and out of the track's
+   ``cooldown`` (counted from the previous alert's start); an episode raises at most one
+   alert;
 5. while the violation persists the best frame (highest confidence) is kept; the alert
    **ends** when the violation has been unseen for ``end_after`` (also when no frames
    arrive at all: :meth:`RuleEngine.expire`), when its rule is disabled, or when the agent
    stops. The end event carries the last time it was seen and, when a better frame came
    after the start, that frame as new evidence.
+
+**How long an episode has lasted, when it is only seen at analysed frames.** The engine
+sees a camera once per frame the detect thread takes from it (a frame the change gate
+skips comes with the last detections): every ``detect_interval``, stretched by the load
+governor (``agent.detect.gate``), or every keyframe, with some jitter either way. A
+violation seen in N consecutive frames lasted about N intervals, not the N - 1 between its
+first and last hit. Measuring first to last hit made milliseconds decide: on a group video
+a man took his mask off for about 4 s, four times; each time 4 consecutive frames (0.97 s
+apart) saw him, but the hits spanned 2.92 s against ``min_duration: 3s``: one alert, three
+missed. So an episode runs from the camera's last frame *before* its first hit (that frame
+did not see it: the violation began after it) to its latest hit, i.e. first to last hit
+plus the gap that led up to the first hit. The gap comes from the frame times themselves
+(:class:`_Cadence`), so it follows ``detect_interval``, the governor's stretch, keyframe
+decoding and dropped frames without being told. It counts for at most ``MAX_LEAD_GAPS``
+times the camera's median gap, so a stall or a reconnect just before the first hit does
+not count time nobody watched; at a camera's very first frame the median gap stands in.
+
+What this guarantees: with frames I seconds apart, each up to j <= I / 10 off its
+schedule, a violation that truly lasts T measures more than T - I - 2j and less than
+T + I + 2j. It therefore always alerts when T >= min_duration + I + 2j and never when
+T <= min_duration - I - 2j (exactly +-I without jitter). No rule can promise a narrower
+band: when the gaps on both sides of the hits are I + 2j, the very same frames come from
+violations nearly I + 2j shorter and nearly I + 2j longer than their midpoint, which can
+be ``min_duration``. Inside the band either outcome is right; the comparison is
+inclusive, so 3 hits exactly 1 s apart meet 3 s (and 3 hits 0.97 s apart, 2.91 s, do
+not). Deciding on a hit count instead would need the interval anyway to turn
+``min_duration`` into frames, and would not tolerate the missed frames of step 3.
+
+A positive ``min_duration`` also needs two hits: one frame shows no persistence however
+long the interval it stands for, and single frames are where the detector's false
+positives live.
 
 Times are monotonic seconds supplied by the caller, so the engine is deterministic and
 property-testable; wall-clock times for the report are carried alongside.
@@ -27,6 +59,7 @@ property-testable; wall-clock times for the report are carried alongside.
 from __future__ import annotations
 
 import collections
+import statistics
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -41,6 +74,13 @@ from agent.records import Detection
 from agent.rules.zones import Point, box_in_zone, excluded
 
 DEFAULT_MIN_CONFIDENCE = 0.5
+#: The gap before an episode's first hit counts for at most this many of the camera's usual
+#: gaps. Jitter of +-10 % makes a gap at most 1.2 / 0.8 = 1.5 times the median, so it never
+#: binds then; a stall, a reconnect or a dropped frame before the first hit is cut to it.
+MAX_LEAD_GAPS = 1.5
+#: Frame gaps per camera whose median is its usual gap: enough to ride out a dropped frame
+#: or a reconnect, few enough to follow the load governor within seconds.
+CADENCE_WINDOW = 9
 
 Phase = Literal["start", "end"]
 
@@ -67,11 +107,34 @@ class Alert:
 
 
 @dataclass(slots=True)
+class _Cadence:
+    """When one camera's frames reach the engine: the latest one and the gaps between them."""
+
+    last_mono: float | None = None
+    gaps: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=CADENCE_WINDOW)
+    )
+
+    def tick(self, mono: float) -> float | None:
+        """Record a frame at ``mono``; the gap since the previous one (None: none, or no gap)."""
+        previous, self.last_mono = self.last_mono, mono
+        if previous is None or mono <= previous:
+            return None
+        self.gaps.append(mono - previous)
+        return mono - previous
+
+    def usual(self) -> float:
+        """The median of the latest gaps (0.0 before the second frame)."""
+        return statistics.median(self.gaps) if self.gaps else 0.0
+
+
+@dataclass(slots=True)
 class _Episode:
     first_mono: float
     first_wall: float
     last_mono: float
     last_wall: float
+    lead: float | None = None  # gap from the camera's previous frame to the first hit
     hits: int = 0
     best_confidence: float = 0.0
     best_frame: np.ndarray | None = None
@@ -112,6 +175,18 @@ def in_schedule(windows: Sequence[ScheduleWindow], wall: float, tz: tzinfo | Non
     return any(window.contains(local.weekday(), minute) for window in windows)
 
 
+def _lasted(episode: _Episode, min_duration: float, cadence: _Cadence) -> bool:
+    """Whether ``episode`` has lasted ``min_duration``: from the camera's frame before its
+    first hit to its latest hit (see the module docstring), with two hits at least."""
+    if min_duration <= 0:
+        return True
+    if episode.hits < 2:
+        return False
+    usual = cadence.usual()
+    lead = usual if episode.lead is None else min(episode.lead, MAX_LEAD_GAPS * usual)
+    return episode.last_mono - episode.first_mono + lead >= min_duration
+
+
 class RuleEngine:
     """Applies every enabled rule to each analysed frame of each camera."""
 
@@ -132,6 +207,7 @@ class RuleEngine:
         self._schedules: dict[str, tuple[ScheduleWindow, ...]] = {}
         self._targets: dict[str, dict[str, _Target | None]] = {}  # camera -> rule -> target
         self._tracks: dict[tuple[str, str, str | None], _Track] = {}
+        self._cadences: dict[str, _Cadence] = {}  # camera -> its frame gaps
         # configure() runs on the command thread, update() on the detect thread.
         self._lock = threading.Lock()
         self.alerts_raised = 0
@@ -228,6 +304,8 @@ class RuleEngine:
     ) -> list[Alert]:
         """Feed one analysed frame; return the alerts it starts and ends (usually none)."""
         with self._lock:
+            cadence = self._cadences.setdefault(camera_id, _Cadence())
+            gap = cadence.tick(mono)
             camera = self._cameras.get(camera_id)
             areas = [z.polygon for z in camera.zones.values() if z.exclude] if camera else []
             if areas:
@@ -274,6 +352,8 @@ class RuleEngine:
                         mono=mono,
                         wall=wall,
                         frame=frame,
+                        gap=gap,
+                        cadence=cadence,
                     )
             return events
 
@@ -316,6 +396,8 @@ class RuleEngine:
         mono: float,
         wall: float,
         frame: np.ndarray | None,
+        gap: float | None,
+        cadence: _Cadence,
     ) -> list[Alert]:
         events: list[Alert] = []
         episode = track.episode
@@ -333,7 +415,7 @@ class RuleEngine:
             return events
         if episode is None:
             episode = track.episode = _Episode(
-                first_mono=mono, first_wall=wall, last_mono=mono, last_wall=wall
+                first_mono=mono, first_wall=wall, last_mono=mono, last_wall=wall, lead=gap
             )
         episode.last_mono, episode.last_wall = mono, wall
         episode.hits += 1
@@ -344,7 +426,7 @@ class RuleEngine:
             episode.best_wall = wall
             episode.best_hits = hits
             episode.improved = episode.alert is not None
-        if episode.alert is not None or mono - episode.first_mono < rule.min_duration:
+        if episode.alert is not None or not _lasted(episode, rule.min_duration, cadence):
             return events
         if rule.consensus is not None and sum(track.window) < rule.consensus[0]:
             return events

@@ -41,21 +41,32 @@ from typing import Any
 import numpy as np
 
 from agent import __version__, evidence
-from agent.alarm.alarm import Alarm
+from agent.alarm.policy import Alarm
 from agent.config import AgentConfig, CameraConfig, LoggingConfig, check_secrets, load_config
-from agent.detect.detector import Detector, View, load_model_package
+from agent.detect.detector import Detector
 from agent.detect.food import FoodMonitor
 from agent.detect.gate import ChangeGate, LoadGovernor
+from agent.detect.model import load_model_package
 from agent.detect.sampling import Capture, capture_directory
-from agent.errors import AgentError, ConfigError, OutboxError
+from agent.detect.views import View
+from agent.errors import AgentError, ConfigError, StoreError
 from agent.evidence import Evidence
+from agent.ingest.frames import Frame, FrameRing, FrameSlot
 from agent.ingest.picture import PictureMonitor
-from agent.ingest.reader import CameraReader, Frame, FrameRing, FrameSlot
-from agent.records import CameraState, Detection, Outage, Transition
+from agent.ingest.reader import CameraReader
+from agent.records import (
+    AlertEvent,
+    CameraState,
+    Detection,
+    EvidenceInfo,
+    Outage,
+    Transition,
+)
 from agent.redact import RedactingFilter
 from agent.rules.engine import Alert, RuleEngine
 from agent.service.telemetry import ProcessCpu, clock_status, system_metrics
-from agent.store.outbox import Outbox
+from agent.store.database import db_path
+from agent.store.store import Store
 from agent.uplink import messages as contract
 from agent.uplink.client import Uplink
 from agent.uplink.commands import CommandError, Commands, Handler
@@ -135,7 +146,7 @@ class Agent:
         """Open the store and load the model; ``config_path`` is what a reload re-reads.
 
         Raises:
-            OutboxError: the state directory or database cannot be used.
+            StoreError: the state directory or database cannot be used.
             ModelError: the model package is missing or invalid.
             SecretError, UplinkError: the uplink cannot be configured.
         """
@@ -213,7 +224,7 @@ class Agent:
             slot = slots[camera_id] = FrameSlot(self._wake)
             pictures[camera_id] = PictureMonitor(camera.picture)
             gates[camera_id] = ChangeGate(camera.gating)
-            views[camera_id] = camera.view.detector_view()
+            views[camera_id] = View.from_config(camera.view)
             readers[camera_id] = CameraReader(
                 camera_id, camera, stop=stop, slot=slot, on_transition=self._on_transition
             )
@@ -299,7 +310,7 @@ class Agent:
                 },
                 "agent",
             )
-        except OutboxError as exc:
+        except StoreError as exc:
             logger.error("run record not saved: %s", exc)
 
     def _status_line(self) -> str:
@@ -309,7 +320,7 @@ class Agent:
         uplink = "connected" if self.uplink.connected else "not connected"
         try:
             backlog = sum(self.outbox.backlog().values())
-        except OutboxError:
+        except StoreError:
             backlog = -1
         rate = self._analysed_rate
         return (
@@ -338,7 +349,7 @@ class Agent:
                 },
                 "agent",
             )
-        except OutboxError as exc:
+        except StoreError as exc:
             logger.error("progress record not saved: %s", exc)
 
     def request_stop(self) -> None:
@@ -452,7 +463,7 @@ class Agent:
         occluders = [d.box for d in detections if d.label.startswith(OCCLUDER_LABELS)]
         try:
             self.food.check(frame.camera_id, frame.image, frame.mono, occluders)
-        except OutboxError as exc:
+        except StoreError as exc:
             logger.error("camera %s: food references unreadable: %s", frame.camera_id, exc)
         found = []
         zones = self.food.zones.get(frame.camera_id, {})
@@ -514,7 +525,7 @@ class Agent:
                 source,
                 **self._drawing(alert),
             )
-        except (OutboxError, ValueError) as exc:
+        except (StoreError, ValueError) as exc:
             logger.error(
                 "camera %s: alert %s (%s) has no evidence: %s",
                 alert.camera_id,
@@ -526,9 +537,10 @@ class Agent:
 
     def _store_alert(self, alert: Alert) -> None:
         saved = self._save_evidence(alert, alert.id)
-        payload = contract.encode(contract.alert(self.config, alert, saved, model=self.model_id))
+        event, info = alert_event(alert), evidence_info(saved)
+        payload = contract.encode(contract.alert(self.config, event, info, model=self.model_id))
         attachment = (self.topics.evidence(alert.id), saved.jpeg) if saved is not None else None
-        record = contract.alert_record(alert, saved)
+        record = contract.alert_record(event, info)
         self.alerts_by_type[alert.type] = self.alerts_by_type.get(alert.type, 0) + 1
         topic = self.topics.alert
         # The kitchen hears it at once, whether or not the disk took the alert yet.
@@ -562,7 +574,10 @@ class Agent:
         """Commit an alert's end, with a better image when one came after the start."""
         # A file of its own: the start's image stays what the start message described.
         saved = self._save_evidence(alert, f"{alert.id}-end") if alert.frame is not None else None
-        payload = contract.encode(contract.alert(self.config, alert, saved, model=self.model_id))
+        body = contract.alert(
+            self.config, alert_event(alert), evidence_info(saved), model=self.model_id
+        )
+        payload = contract.encode(body)
         attachment = (self.topics.evidence(alert.id), saved.jpeg) if saved is not None else None
         topic = self.topics.alert
         ended_at = alert.ended_at if alert.ended_at is not None else time.time()
@@ -597,7 +612,7 @@ class Agent:
                 return False
         try:
             write()
-        except OutboxError as exc:
+        except StoreError as exc:
             logger.error(
                 "camera %s: alert %s (%s) not stored yet, will retry: %s",
                 alert.camera_id,
@@ -627,7 +642,7 @@ class Agent:
                 alert_id, write = self._unstored[0]
                 try:
                     write()
-                except OutboxError as exc:
+                except StoreError as exc:
                     logger.error("%d alert write(s) still not stored: %s", len(self._unstored), exc)
                     return
                 self._unstored.pop(0)
@@ -645,7 +660,7 @@ class Agent:
                 self.outbox.open_outage(camera_id, since, transition.reason)
             elif transition.old is CameraState.OFFLINE:
                 outage = self.outbox.close_outage(camera_id, transition.wall)
-        except OutboxError as exc:
+        except StoreError as exc:
             logger.error("camera %s: outage not recorded: %s", camera_id, exc)
         self._save_health()
         self._publish_status(camera_id, transition=transition, outage=outage)
@@ -654,7 +669,7 @@ class Agent:
         try:
             snapshots = {cid: reader.snapshot() for cid, reader in self.readers.items()}
             self.outbox.save_camera_health(snapshots, time.time())
-        except OutboxError as exc:
+        except StoreError as exc:
             logger.error("camera health not saved: %s", exc)
 
     def _publish_status(
@@ -692,7 +707,7 @@ class Agent:
                 # A refresh only repeats the newest state: an unsent older refresh goes.
                 supersede_key=f"refresh:{camera_id}" if reason == "refresh" else None,
             )
-        except OutboxError as exc:
+        except StoreError as exc:
             logger.error("camera %s: status not stored: %s", camera_id, exc)
             return
         self.uplink.wake()
@@ -708,7 +723,8 @@ class Agent:
         try:
             while not self.stop_event.wait(0.25 if self._heartbeat_now.is_set() else 1.0):
                 now = time.monotonic()
-                for reader in self.readers.values():
+                # The main streams too: untouched by tick, a dead one read "online" for ever.
+                for reader in (*self.readers.values(), *self.main_readers.values()):
                     reader.tick(now)
                 if self._unstored:
                     self._retry_unstored()
@@ -742,7 +758,7 @@ class Agent:
         try:
             self.outbox.expire()
             self.outbox.enforce_cap(int(self.config.storage.max_db_mb * 1e6))
-        except OutboxError as exc:
+        except StoreError as exc:
             logger.error("outbox housekeeping failed: %s", exc)
         cfg = self.config.evidence
         try:
@@ -752,7 +768,7 @@ class Agent:
                 max_total_bytes=int(cfg.max_total_mb * 1e6),
                 now=time.time(),
             )
-        except OutboxError as exc:
+        except StoreError as exc:
             logger.error("evidence retention failed: %s", exc)
             return
         if pruned.files_removed:
@@ -839,7 +855,7 @@ class Agent:
                 msg_id=msg_id,
                 ttl=HEARTBEAT_TTL,
             )
-        except OutboxError as exc:
+        except StoreError as exc:
             logger.error("heartbeat not stored: %s", exc)
             return
         self.uplink.wake()
@@ -889,7 +905,7 @@ class Agent:
             for cid in gone:
                 try:
                     self.outbox.close_outage(cid, now)
-                except OutboxError as exc:
+                except StoreError as exc:
                     logger.error("camera %s: outage not closed: %s", cid, exc)
                 self._clear_status(cid)
             for reader in self._add_cameras({cid: enabled[cid] for cid in added + restarted}):
@@ -940,7 +956,7 @@ class Agent:
                 msg_id=uuid.uuid4().hex,
                 ttl=STATUS_TTL,
             )
-        except OutboxError as exc:
+        except StoreError as exc:
             logger.error("camera %s: retained status not cleared: %s", camera_id, exc)
             return
         self.uplink.wake()
@@ -1023,13 +1039,13 @@ class Agent:
             raise CommandError("; ".join([str(exc), *exc.problems])) from None
 
 
-def _open_store(config: AgentConfig, started: float) -> Outbox:
+def _open_store(config: AgentConfig, started: float) -> Store:
     """Open (or recover) the database and close the outages the previous run left open.
 
     Raises:
-        OutboxError: the state directory or database cannot be used.
+        StoreError: the state directory or database cannot be used.
     """
-    outbox = Outbox(config.storage.state_dir / "agent.db", ttl=config.storage.message_ttl)
+    outbox = Store(db_path(config.storage.state_dir), ttl=config.storage.message_ttl)
     closed = outbox.close_open_outages(started, "agent_restart")
     if closed:
         logger.info("closed %d camera outage(s) left open by the previous run", closed)
@@ -1039,7 +1055,7 @@ def _open_store(config: AgentConfig, started: float) -> Outbox:
     return outbox
 
 
-def _end_alerts_left_open(config: AgentConfig, outbox: Outbox) -> None:
+def _end_alerts_left_open(config: AgentConfig, outbox: Store) -> None:
     """End (``agent_restart``) the alerts a killed run left running, so none stays open.
 
     Their end time is the previous run's last progress record (written each heartbeat),
@@ -1122,6 +1138,39 @@ def parse_time(value: object, name: str) -> float:
         except ValueError:
             pass
     raise CommandError(f"'{name}' must be epoch seconds or an ISO-8601 time, not {value!r}")
+
+
+def alert_event(alert: Alert) -> AlertEvent:
+    """The rule engine's alert as the MQTT messages take it (agent.records): without its frame."""
+    return AlertEvent(
+        id=alert.id,
+        type=alert.type,
+        severity=alert.severity,
+        camera_id=alert.camera_id,
+        started_at=alert.started_at,
+        raised_at=alert.raised_at,
+        confidence=alert.confidence,
+        detections=alert.detections,
+        zone=alert.zone,
+        phase=alert.phase,
+        ended_at=alert.ended_at,
+        end_reason=alert.end_reason,
+        hits=alert.hits,
+    )
+
+
+def evidence_info(saved: Evidence | None) -> EvidenceInfo | None:
+    """What the alert message says about a saved snapshot; None without one."""
+    if saved is None:
+        return None
+    return EvidenceInfo(
+        path=str(saved.path),
+        width=saved.width,
+        height=saved.height,
+        size=len(saved.jpeg),
+        sha256=saved.sha256,
+        source=saved.source,
+    )
 
 
 def run_agent(

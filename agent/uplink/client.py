@@ -21,22 +21,21 @@ the MQTT keepalive, so it publishes the last will 0.75 x keepalive after the box
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.backoff import Backoff
 from agent.config import AgentConfig
-from agent.errors import SecretError, UplinkError
-from agent.store.outbox import Outbox
-from agent.uplink.messages import availability_payload
+from agent.store.store import Store
+from agent.uplink.messages import Topics, availability_payload
+from agent.uplink.mqtt import build_client
 
 logger = logging.getLogger(__name__)
 
@@ -78,22 +77,13 @@ class TokenBucket:
         return max(0.0, (1 - self._tokens) / self.rate)
 
 
-class _NotConnectedFilter(logging.Filter):
-    """Drops paho 2.2's "Client is not connected" ERROR, logged about once a second while it
-    waits to reconnect and once after a clean DISCONNECT: the uplink reports the link's
-    state itself (disconnected, refused, cannot reach), once per change."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Client is not connected")
-
-
 class Uplink:
     """One paho client, one drain thread; ``connected`` is true only after a successful CONNACK."""
 
     def __init__(
         self,
         config: AgentConfig,
-        outbox: Outbox,
+        outbox: Store,
         *,
         on_command: Callable[[bytes, str | None, bytes | None], object] | None = None,
     ) -> None:
@@ -106,9 +96,10 @@ class Uplink:
         self.config = config
         self.outbox = outbox
         self.on_command = on_command
-        self.root = config.topic_root
-        self.availability_topic = f"{self.root}/availability"
-        self.command_topic = f"{self.root}/command"
+        topics = Topics(config)
+        self.root = topics.root
+        self.availability_topic = topics.availability
+        self.command_topic = topics.command
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._connected = threading.Event()
@@ -132,37 +123,14 @@ class Uplink:
     # ------------------------------------------------------------------ setup
 
     def _build_client(self) -> mqtt.Client:
+        """The shared client (agent.uplink.mqtt) with the uplink's will, delays and callbacks."""
         cfg = self.config.mqtt
-        v5 = cfg.protocol == "5"
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.config.client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else False,
-            reconnect_on_failure=True,
+        client = build_client(
+            cfg,
+            self.config.client_id,
+            keep_session=True,
+            logger=logging.getLogger("agent.uplink.client.paho"),
         )
-        paho_logger = logging.getLogger("agent.uplink.client.paho")
-        if not any(isinstance(f, _NotConnectedFilter) for f in paho_logger.filters):
-            paho_logger.addFilter(_NotConnectedFilter())
-        client.enable_logger(paho_logger)
-        if cfg.username:
-            password = cfg.password.resolve("mqtt.password") if cfg.password is not None else None
-            client.username_pw_set(cfg.username, password)
-        elif cfg.password is not None:
-            raise SecretError("mqtt.password is set but mqtt.username is empty")
-        if cfg.use_tls:
-            tls = cfg.tls
-            try:
-                client.tls_set(
-                    ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                    certfile=str(tls.cert_file) if tls.cert_file else None,
-                    keyfile=str(tls.key_file) if tls.key_file else None,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
-                )
-            except (OSError, ssl.SSLError) as exc:
-                raise UplinkError(f"mqtt.tls: cannot load TLS material: {exc}") from exc
-            client.tls_insecure_set(tls.insecure)
         will = availability_payload("offline", "connection_lost", None)
         client.will_set(self.availability_topic, will, qos=1, retain=True)
         client.reconnect_delay_set(

@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.errors import OutboxError
-from agent.store.outbox import Outbox
-from agent.uplink import messages as contract
+from agent.errors import StoreError
+from agent.store.store import Store
+from agent.uplink import messages
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Commands:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: Store,
         reply_topic: str,
         handlers: Mapping[str, Handler],
         on_reply: Callable[[], None] | None = None,
@@ -121,7 +121,7 @@ class Commands:
             request = parse(payload, self.handlers)
             request_id, command = request.id, request.command
             result = self.handlers[request.command](request.args)
-            body = contract.command_reply(
+            body = messages.command_reply(
                 request_id, ok=True, msg_id=uuid.uuid4().hex, now=time.time(), result=result
             )
             self.accepted += 1
@@ -130,13 +130,13 @@ class Commands:
             request_id = request_id or getattr(exc, "request_id", None)
             self.rejected += 1
             logger.warning("rejected command %s: %s", request_id or "(no id)", exc)
-            body = contract.command_reply(
+            body = messages.command_reply(
                 request_id, ok=False, msg_id=uuid.uuid4().hex, now=time.time(), error=str(exc)
             )
         except Exception as exc:  # the command edge: a handler bug still gets a reply
             self.rejected += 1
             logger.exception("command %s (%s) failed", command or "?", request_id or "(no id)")
-            body = contract.command_reply(
+            body = messages.command_reply(
                 request_id,
                 ok=False,
                 msg_id=uuid.uuid4().hex,
@@ -150,13 +150,13 @@ class Commands:
             )
             self.outbox.enqueue(
                 topic,
-                contract.encode(body),
+                messages.encode(body),
                 kind="reply",
                 msg_id=body["id"],
                 ttl=REPLY_TTL,
                 correlation=correlation,
             )
-        except OutboxError as exc:
+        except StoreError as exc:
             logger.error("command reply not stored: %s", exc)
             return body
         if self.on_reply is not None:

@@ -16,6 +16,10 @@ topic                                     QoS     retain  payload (see docs/mqtt
 
 Every message the box sends through the outbox carries a unique ``id`` (delivery is
 at-least-once) and a UTC ``ts``. A change to any of this is marked BREAKING in CHANGELOG.md.
+
+:class:`Topics` is the only place a topic string is built. The builders take the config and
+plain records (``agent.records``), so the MQTT side imports neither the camera stack nor the
+rules nor the evidence renderer; the import contracts in pyproject.toml hold that.
 """
 
 from __future__ import annotations
@@ -29,9 +33,7 @@ from typing import Any
 
 from agent import __version__
 from agent.config import AgentConfig
-from agent.evidence import Evidence
-from agent.records import AlertRecord, Outage, Transition
-from agent.rules.engine import Alert
+from agent.records import AlertEvent, AlertRecord, EvidenceInfo, Outage, Transition
 
 SCHEMA_VERSION = 1
 
@@ -84,7 +86,8 @@ def availability_payload(state: str, reason: str, ts: float | None) -> bytes:
 
 
 class Topics:
-    """Topic names of one box."""
+    """Topic names of one box: the one place they are built (client, commands, service and
+    CLI all take theirs from here)."""
 
     def __init__(self, config: AgentConfig) -> None:
         self.root = config.topic_root
@@ -161,7 +164,7 @@ def camera_status(
 
 
 def alert(
-    config: AgentConfig, item: Alert, evidence: Evidence | None, *, model: str
+    config: AgentConfig, item: AlertEvent, evidence: EvidenceInfo | None, *, model: str
 ) -> dict[str, Any]:
     """Payload of ``alert`` (its start or its end); the evidence JPEG travels as its own
     message (see ``Topics``): with the start, and with the end when a better frame came."""
@@ -205,7 +208,7 @@ def alert(
             "mime": "image/jpeg",
             "width": evidence.width,
             "height": evidence.height,
-            "bytes": len(evidence.jpeg),
+            "bytes": evidence.size,
             "sha256": evidence.sha256,
             "source": evidence.source,
             "topic": Topics(config).evidence(item.id),
@@ -214,7 +217,7 @@ def alert(
     return body
 
 
-def alert_record(item: Alert, evidence: Evidence | None) -> AlertRecord:
+def alert_record(item: AlertEvent, evidence: EvidenceInfo | None) -> AlertRecord:
     """How an alert is kept in the box's database (its message is stored beside it)."""
     return AlertRecord(
         id=item.id,
@@ -228,7 +231,7 @@ def alert_record(item: Alert, evidence: Evidence | None) -> AlertRecord:
             {"label": d.label, "confidence": d.confidence, "box": list(d.box)}
             for d in item.detections
         ],
-        evidence_path=str(evidence.path) if evidence is not None else None,
+        evidence_path=evidence.path if evidence is not None else None,
         zone=item.zone,
     )
 

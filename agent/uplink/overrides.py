@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.config import AgentConfig, RuleConfig, describe_validation
-from agent.store.outbox import Outbox
+from agent.store.store import Store
 from agent.uplink.commands import CommandError
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def effective_rules(
 class RuleOverrides:
     """The ``set`` command's persistent rule changes."""
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: Store) -> None:
         self.outbox = outbox
 
     def load(self) -> dict[str, dict[str, Any]]:
@@ -106,7 +106,7 @@ class RuleOverrides:
 
         Raises:
             CommandError: unknown rule, nothing to set, or an invalid field or value.
-            OutboxError: the override cannot be stored.
+            StoreError: the override cannot be stored.
         """
         name = args.get("rule")
         if not isinstance(name, str) or name not in configured:
@@ -139,7 +139,7 @@ class RuleOverrides:
 class Mute:
     """Silence of the on-site alarm until a wall-clock time, kept across restarts."""
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: Store) -> None:
         self.outbox = outbox
         self._until = 0.0
         self.refresh()
@@ -148,7 +148,7 @@ class Mute:
         """Re-read the stored mute (one small SELECT), e.g. set by ``mclz-agent alarm mute``.
 
         Raises:
-            OutboxError: the database cannot be read.
+            StoreError: the database cannot be read.
         """
         stored = self.outbox.settings(MUTE_KEY).get(MUTE_KEY)
         self._until = float(stored) if isinstance(stored, int | float) else 0.0
@@ -167,7 +167,7 @@ class Mute:
 
         Raises:
             CommandError: ``minutes`` is not a number in 0..1440.
-            OutboxError: the mute cannot be stored.
+            StoreError: the mute cannot be stored.
         """
         if (
             not isinstance(minutes, int | float)

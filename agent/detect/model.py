@@ -1,0 +1,347 @@
+"""Model packages: the manifest that pins a detection model, read and verified, or written.
+
+A model package is a directory with ``manifest.yaml`` and the ONNX file it names. The
+manifest pins the file's sha256, the input size and preprocessing, the output convention and
+the class labels, so a box never runs a model other than the one that was shipped; it also
+says which labels are violations of which type and each label's default threshold::
+
+    format: mclz-model/1
+    name: mclz-default
+    version: 2026.11.26-e30
+    file: model.onnx
+    sha256: <64 hex digits>
+    input: {width: 416, height: 416, layout: NCHW, color: RGB, scale: 0.00392156862745098}
+    output: yolo
+    labels: [face_mask, face_no_mask, head_covered, head_bare, person_uniform, person_no_uniform]
+    violations: {face_no_mask: no_mask, head_bare: no_hat}     # optional: label -> violation type
+    thresholds: {face_no_mask: 0.4, head_bare: 0.4}            # optional: label -> confidence
+    license: ...
+
+A ``manifest.json`` with the same fields is read too (JSON is YAML).
+
+Nothing here loads the ONNX graph: :class:`agent.detect.detector.Detector` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from agent.errors import ModelError
+
+MANIFEST_NAME: Final = "manifest.yaml"
+MANIFEST_NAMES: Final = (MANIFEST_NAME, "manifest.json")
+MANIFEST_FORMAT: Final = "mclz-model/1"
+OUTPUT_CONVENTIONS: Final = ("yolo",)
+DEFAULT_SCALE: Final = 1.0 / 255.0
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_REQUIRED_FIELDS: Final = (
+    "format",
+    "name",
+    "version",
+    "file",
+    "sha256",
+    "input",
+    "output",
+    "labels",
+)
+_RESERVED_FIELDS: Final = frozenset((*_REQUIRED_FIELDS, "violations", "thresholds"))
+_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A verified model package: manifest fields plus the resolved ONNX path."""
+
+    path: Path
+    name: str
+    version: str
+    onnx_path: Path
+    sha256: str
+    input_width: int
+    input_height: int
+    labels: tuple[str, ...]
+    manifest: dict[str, Any] = field(repr=False, compare=False)
+    violations: dict[str, str] = field(default_factory=dict)  # label -> violation type
+    thresholds: dict[str, float] = field(default_factory=dict)  # label -> default confidence
+
+    @property
+    def color(self) -> str:
+        """Channel order the model expects, ``RGB`` or ``BGR``."""
+        return str(self.manifest.get("input", {}).get("color", "RGB"))
+
+    @property
+    def scale(self) -> float:
+        """Factor applied to 0..255 pixel values before inference."""
+        return float(self.manifest.get("input", {}).get("scale", DEFAULT_SCALE))
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _format_problems(value: object) -> list[str]:
+    if value != MANIFEST_FORMAT:
+        return [f"unknown format {value!r} (this agent reads {MANIFEST_FORMAT!r})"]
+    return []
+
+
+def _text_problems(key: str) -> Callable[[object], list[str]]:
+    def check(value: object) -> list[str]:
+        if not isinstance(value, str) or not value.strip():
+            return [f"'{key}' must be a non-empty string"]
+        return []
+
+    return check
+
+
+def _file_problems(value: object) -> list[str]:
+    if not isinstance(value, str) or not value.strip():
+        return ["'file' must be a non-empty string"]
+    if Path(value).is_absolute() or ".." in Path(value).parts:
+        return [f"'file' must be a path inside the package directory, not {value!r}"]
+    return []
+
+
+def _sha256_problems(value: object) -> list[str]:
+    if not isinstance(value, str) or not _SHA256_RE.match(value.lower()):
+        return ["'sha256' must be 64 hexadecimal digits"]
+    return []
+
+
+def _output_problems(value: object) -> list[str]:
+    if value not in OUTPUT_CONVENTIONS:
+        supported = ", ".join(OUTPUT_CONVENTIONS)
+        return [f"unknown output convention {value!r} (supported: {supported})"]
+    return []
+
+
+def _labels_problems(value: object) -> list[str]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(x, str) and x.strip() for x in value)
+    ):
+        return ["'labels' must be a non-empty list of non-empty strings"]
+    if len(set(value)) != len(value):
+        return ["'labels' must not repeat a name"]
+    return []
+
+
+def _mapping_problems(data: dict[str, Any]) -> list[str]:
+    raw_labels = data.get("labels")
+    labels: list[Any] = raw_labels if isinstance(raw_labels, list) else []
+    problems: list[str] = []
+    violations = data.get("violations", {})
+    if not isinstance(violations, dict):
+        problems.append("'violations' must map labels to violation types")
+    else:
+        for label, kind in violations.items():
+            if label not in labels:
+                problems.append(f"'violations' names {label!r}, which is not one of the labels")
+            if not isinstance(kind, str) or not _TYPE_RE.match(kind):
+                problems.append(f"'violations.{label}' must be a type id like no_hat, not {kind!r}")
+    thresholds = data.get("thresholds", {})
+    if not isinstance(thresholds, dict):
+        problems.append("'thresholds' must map labels to confidences")
+    else:
+        for label, value in thresholds.items():
+            if label not in labels:
+                problems.append(f"'thresholds' names {label!r}, which is not one of the labels")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+                problems.append(f"'thresholds.{label}' must be a number in (0, 1], not {value!r}")
+    return problems
+
+
+def _manifest_problems(data: object) -> list[str]:
+    """Return every problem with a parsed manifest, each phrased for a person; empty when valid."""
+    if not isinstance(data, dict):
+        return [f"must be a mapping of fields (format, name, ...), not {type(data).__name__}"]
+    checks: dict[str, Callable[[object], list[str]]] = {
+        "format": _format_problems,
+        "name": _text_problems("name"),
+        "version": _text_problems("version"),
+        "file": _file_problems,
+        "sha256": _sha256_problems,
+        "input": _input_problems,
+        "output": _output_problems,
+        "labels": _labels_problems,
+    }
+    problems: list[str] = []
+    for key in _REQUIRED_FIELDS:
+        if key not in data:
+            problems.append(f"missing field '{key}'")
+        else:
+            problems.extend(checks[key](data[key]))
+    problems.extend(_mapping_problems(data))
+    return problems
+
+
+def _input_problems(spec: object) -> list[str]:
+    if not isinstance(spec, dict):
+        return ["'input' must be an object with width and height"]
+    problems: list[str] = []
+    for key in ("width", "height"):
+        value = spec.get(key)
+        if value is None:
+            problems.append(f"missing field 'input.{key}'")
+        elif not _is_int(value) or not 0 < value <= 8192:
+            problems.append(f"'input.{key}' must be an integer in 1..8192, not {value!r}")
+    if spec.get("layout", "NCHW") != "NCHW":
+        problems.append(f"'input.layout' must be 'NCHW', not {spec['layout']!r}")
+    if spec.get("color", "RGB") not in ("RGB", "BGR"):
+        problems.append(f"'input.color' must be 'RGB' or 'BGR', not {spec['color']!r}")
+    scale = spec.get("scale", DEFAULT_SCALE)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale <= 1:
+        problems.append(f"'input.scale' must be a number in (0, 1], not {scale!r}")
+    return problems
+
+
+def load_model_package(path: Path) -> ModelPackage:
+    """Read and verify a model package directory (or its manifest file).
+
+    Checks the manifest's format and fields, that the ONNX file exists inside the package and
+    that its sha256 matches the manifest. Does not load the ONNX graph: :class:`Detector` does.
+
+    Raises:
+        ModelError: the directory, manifest or ONNX file is missing, the manifest is not valid
+            YAML or lacks a field, or the file's sha256 differs. The message names the path.
+    """
+    path = Path(path)
+    if path.is_file() or path.suffix in {".json", ".yaml", ".yml"}:
+        manifest_path = path
+    else:
+        manifest_path = next(
+            (path / n for n in MANIFEST_NAMES if (path / n).is_file()), path / MANIFEST_NAME
+        )
+    package_dir = manifest_path.parent
+    if not package_dir.is_dir():
+        raise ModelError(f"{package_dir}: model package directory not found")
+    try:
+        text = manifest_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelError(f"{manifest_path}: manifest not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{manifest_path}: cannot read manifest: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{manifest_path}:{mark.line + 1}:{mark.column + 1}" if mark else str(manifest_path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ModelError(f"{where}: invalid YAML: {problem}") from None
+    problems = _manifest_problems(data)
+    if problems:
+        raise ModelError(f"{manifest_path}: " + "; ".join(problems))
+
+    onnx_path = package_dir / data["file"]
+    if not onnx_path.is_file():
+        raise ModelError(f"{onnx_path}: model file not found (named by {manifest_path})")
+    expected = data["sha256"].lower()
+    try:
+        actual = _sha256_of(onnx_path)
+    except OSError as exc:
+        raise ModelError(f"{onnx_path}: cannot read model file: {exc}") from exc
+    if actual != expected:
+        raise ModelError(
+            f"{onnx_path} sha256 is {actual}, manifest says {expected}: "
+            "the file is corrupt or was replaced"
+        )
+    return ModelPackage(
+        path=package_dir,
+        name=data["name"],
+        version=data["version"],
+        onnx_path=onnx_path,
+        sha256=actual,
+        input_width=data["input"]["width"],
+        input_height=data["input"]["height"],
+        labels=tuple(data["labels"]),
+        manifest=data,
+        violations={str(k): str(v) for k, v in data.get("violations", {}).items()},
+        thresholds={str(k): float(v) for k, v in data.get("thresholds", {}).items()},
+    )
+
+
+def write_manifest(
+    package_dir: Path,
+    *,
+    name: str,
+    version: str,
+    onnx_file: str,
+    labels: Sequence[str],
+    input_width: int,
+    input_height: int,
+    color: str = "RGB",
+    scale: float = DEFAULT_SCALE,
+    output: str = "yolo",
+    violations: dict[str, str] | None = None,
+    thresholds: dict[str, float] | None = None,
+    **extra: Any,
+) -> Path:
+    """Hash ``package_dir/onnx_file`` and write ``package_dir/manifest.yaml`` atomically.
+
+    ``extra`` keys (``license``, ``notes``, metrics, provenance) are stored at the top level.
+    Returns the manifest's path.
+
+    Raises:
+        ModelError: the ONNX file is missing or the fields do not make a valid manifest.
+        ValueError: an ``extra`` key would overwrite one of the manifest's own fields.
+    """
+    package_dir = Path(package_dir)
+    clashes = sorted(_RESERVED_FIELDS.intersection(extra))
+    if clashes:
+        raise ValueError(f"extra manifest keys clash with reserved fields: {', '.join(clashes)}")
+    manifest_path = package_dir / MANIFEST_NAME
+    onnx_path = package_dir / onnx_file
+    if not onnx_path.is_file():
+        raise ModelError(f"{onnx_path}: model file not found")
+    data: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "version": version,
+        "file": onnx_file,
+        "sha256": _sha256_of(onnx_path),
+        "input": {
+            "width": input_width,
+            "height": input_height,
+            "layout": "NCHW",
+            "color": color,
+            "scale": scale,
+        },
+        "output": output,
+        "labels": list(labels),
+        "violations": dict(violations or {}),
+        "thresholds": dict(thresholds or {}),
+        **extra,
+    }
+    problems = _manifest_problems(data)
+    if problems:
+        raise ModelError(f"{manifest_path}: " + "; ".join(problems))
+    fd, tmp_name = tempfile.mkstemp(prefix=".manifest-", suffix=".yaml", dir=package_dir)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; the agent may run as another user
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("# mclz-agent model package manifest, written by write_manifest\n")
+            yaml.safe_dump(data, fh, allow_unicode=True, sort_keys=False)
+        Path(tmp_name).replace(manifest_path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return manifest_path
