@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from agent.config import EvidenceConfig
 from agent.errors import StoreError
+from agent.records import EvidenceInfo
 from agent.rules.engine import Alert
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,17 @@ class Evidence:
     width: int
     height: int
     source: str = "sub"  # which stream the picture came from: "sub" (detection) or "main"
+
+    def info(self) -> EvidenceInfo:
+        """What the alert message says about the snapshot (agent.records)."""
+        return EvidenceInfo(
+            path=str(self.path),
+            width=self.width,
+            height=self.height,
+            size=len(self.jpeg),
+            sha256=self.sha256,
+            source=self.source,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,47 @@ def test_every_command_has_help_with_an_example(name: str, command: Any) -> None
     assert f"Example: mclz-agent {name}" in help_text, f"{name} help lacks an example"
 
 
+def test_every_command_group_has_help() -> None:
+    """Each group (config, camera, ...) has a summary and lists only commands with help."""
+    groups = {
+        name: command
+        for name, command in typer.main.get_command(app).commands.items()  # type: ignore[attr-defined]
+        if getattr(command, "commands", None) is not None
+    }
+    assert len(groups) == 9, sorted(groups)
+    for name, group in groups.items():
+        assert (group.help or "").strip(), f"{name} has no help"
+        assert group.commands, f"{name} has no commands"
+
+
+def test_top_level_help_lists_commands_in_their_order() -> None:
+    """mclz-agent --help lists the commands in registration order (agent.cli.main's imports)."""
+    root = typer.main.get_command(app)
+    listed = root.list_commands(typer.Context(root))  # type: ignore[attr-defined]
+    expected = ["run", "check", "status", "version", "init", "config", "model", "camera"]
+    expected += ["outbox", "alerts", "capture", "food", "alarm", "service"]
+    assert listed == expected
+
+
+def test_the_shared_cli_module_imports_no_command_module() -> None:
+    """agent.cli.app is imported by every command module and imports none (no import loop):
+    alone it has no command, and agent.cli.main brings them all."""
+    code = (
+        "import sys, agent.cli.app as a\n"
+        "mods = sorted(m for m in sys.modules if m.startswith('agent.cli.'))\n"
+        "print(mods, len(a.app.registered_commands))\n"
+        "import agent.cli.main\n"
+        "print(len(a.app.registered_commands))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60,
+        check=True,
+    )  # fmt: skip
+    alone, assembled = result.stdout.splitlines()
+    assert alone == "['agent.cli.app'] 0"
+    assert assembled == "5"  # run, check, status, version, init; the rest are in groups
+
+
 def test_version() -> None:
     """version prints the agent's version."""
     result = runner.invoke(app, ["version"])

@@ -15,7 +15,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from agent.cli.main import CHECK_FAILED, app
+from agent.cli.app import CHECK_FAILED
+from agent.cli.main import app
 from agent.install.doctor import check_clock
 from agent.records import AlertRecord
 from agent.store.database import db_path

@@ -450,7 +450,7 @@ def test_snapshot_warns_when_faces_reach_the_model_too_small(
 ) -> None:
     """A whole 1080p picture: a 60 px face is 13 px at a 416 model, and the installer is told
     to crop or tile; 2x2 tiles make it 24 px and the warning goes."""
-    from agent.cli.install import _echo_detail  # noqa: PLC0415
+    from agent.cli.camera import _echo_detail  # noqa: PLC0415
     from agent.config import CameraConfig  # noqa: PLC0415
 
     model = Path(__file__).resolve().parents[1] / "models" / "default"

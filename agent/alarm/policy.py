@@ -108,7 +108,11 @@ class Alarm:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Start the worker thread that plays queued alarms."""
+        """Start the worker thread that plays queued alarms (``alarm``; only with a sounder).
+
+        The alarm starts and ends (:meth:`stop`) its own thread, as stopping also cancels a
+        play in progress; the agent's service calls both.
+        """
         if self._thread is None and self.active:
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="alarm", daemon=True)

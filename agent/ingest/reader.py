@@ -119,7 +119,12 @@ class _SessionError(StreamError):
 
 
 class CameraReader:
-    """Reads one camera in its own thread, supervised: reconnects with backoff, never gives up."""
+    """Reads one camera in its own thread, supervised: reconnects with backoff, never gives up.
+
+    :meth:`run` is the thread's body and ends when ``stop`` is set. The agent's service
+    starts that thread itself, named :attr:`thread_name` (``agent.service.runtime.Cameras``);
+    :meth:`start` and :meth:`join` are for a reader used on its own (tools, tests).
+    """
 
     def __init__(
         self,
@@ -155,16 +160,24 @@ class CameraReader:
         self._interrupted = False  # a session failed since the last frame
         # Set by the agent's load governor: detect_interval is stretched by this factor.
         self.interval_scale = 1.0
-        self._thread = threading.Thread(target=self._run, name=f"ingest-{self.label}", daemon=True)
+        self._thread: threading.Thread | None = None  # only when started by :meth:`start`
 
     # ------------------------------------------------------------------ public
 
+    @property
+    def thread_name(self) -> str:
+        """The name of the thread that runs the reader: ``ingest-<camera>[/<role>]``."""
+        return f"ingest-{self.label}"
+
     def start(self) -> None:
-        """Start the reader thread."""
+        """Run the reader in a thread of its own (a reader used on its own; see the class)."""
+        self._thread = threading.Thread(target=self.run, name=self.thread_name, daemon=True)
         self._thread.start()
 
     def join(self, timeout: float) -> bool:
-        """Wait for the thread to end; return whether it did."""
+        """Wait for the thread :meth:`start` started to end; return whether it did."""
+        if self._thread is None:
+            return True
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -251,7 +264,8 @@ class CameraReader:
 
     # ------------------------------------------------------------------ thread
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Read, reconnecting with backoff, until ``stop`` is set: the reader thread's body."""
         try:
             while not self.stop.is_set():
                 try:

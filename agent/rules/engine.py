@@ -70,7 +70,7 @@ from typing import Literal
 import numpy as np
 
 from agent.config import FOOD_ZONES, CameraConfig, RuleConfig, ScheduleWindow
-from agent.records import Detection
+from agent.records import AlertEvent, Detection
 from agent.rules.zones import Point, box_in_zone, excluded
 
 DEFAULT_MIN_CONFIDENCE = 0.5
@@ -104,6 +104,24 @@ class Alert:
     ended_at: float | None = None  # end events: the last time the violation was seen
     end_reason: str = ""  # end events: cleared, rule_disabled, agent_stop
     hits: int = 0  # frames that saw the violation in this episode (so far)
+
+    def event(self) -> AlertEvent:
+        """The alert as the MQTT messages take it (agent.records): without its frame."""
+        return AlertEvent(
+            id=self.id,
+            type=self.type,
+            severity=self.severity,
+            camera_id=self.camera_id,
+            started_at=self.started_at,
+            raised_at=self.raised_at,
+            confidence=self.confidence,
+            detections=self.detections,
+            zone=self.zone,
+            phase=self.phase,
+            ended_at=self.ended_at,
+            end_reason=self.end_reason,
+            hits=self.hits,
+        )
 
 
 @dataclass(slots=True)

@@ -156,7 +156,12 @@ class Uplink:
         return self._connected.wait(timeout)
 
     def start(self) -> None:
-        """Connect in the background and start draining the outbox."""
+        """Connect in the background and start draining the outbox.
+
+        The uplink starts its own threads (``uplink-drain`` and paho's network thread) and
+        :meth:`stop` ends them: stopping must wait for PUBACKs, end the drain, publish
+        ``offline`` and disconnect, in that order. The agent's service calls both.
+        """
         cfg = self.config.mqtt
         properties = None
         if cfg.protocol == "5":

@@ -348,7 +348,7 @@ def child_agent(a: argparse.Namespace) -> ChildResult:
 
     running.outbox.record_alert = timed  # type: ignore[method-assign,assignment]
     analysed: dict[str, list[float]] = {camera_id: [] for camera_id in cameras}
-    analyse = running._analyse
+    analyse = running.pipeline.analyse
 
     def timed_analyse(frames: list[Any]) -> None:
         analyse(frames)
@@ -356,15 +356,17 @@ def child_agent(a: argparse.Namespace) -> ChildResult:
         for frame in frames:
             analysed[frame.camera_id].append(done)
 
-    running._analyse = timed_analyse  # type: ignore[method-assign]
+    running.pipeline.analyse = timed_analyse  # type: ignore[method-assign]
     thread = threading.Thread(target=running.run, name="bench-agent", daemon=True)
     thread.start()
     try:
         result.startup_s = round(
             _wait(
                 lambda: (
-                    running.frames_analysed >= 2 * a.cameras
-                    and all(r.stats.gop_seconds is not None for r in running.readers.values())
+                    running.pipeline.frames_analysed >= 2 * a.cameras
+                    and all(
+                        r.stats.gop_seconds is not None for r in running.cameras.readers.values()
+                    )
                 ),
                 "agent",
             ),
@@ -383,8 +385,8 @@ def child_agent(a: argparse.Namespace) -> ChildResult:
             latencies=lat,
             cores=a.cores,
         )
-        governor = running.governor.snapshot()
-        modes = sorted({r.stats.decode_mode for r in running.readers.values()})
+        governor = running.pipeline.governor.snapshot()
+        modes = sorted({r.stats.decode_mode for r in running.cameras.readers.values()})
         result.notes.append(
             f"decode {', '.join(modes)}; governor x{governor['interval_scale']}; "
             f"{len(lat)} alerts committed in the window"

@@ -23,7 +23,7 @@ Timestamps, all wall clock (``time.time()``):
 * commit: when ``Store.record_alert`` returns, i.e. the transaction is durable. This is
   the better end point and the headline number; the script gets it by wrapping
   ``record_alert`` on the running agent's outbox instance (and ``detect_batch``,
-  ``_store_alert`` and ``agent.evidence.save`` for the breakdown). Nothing in agent/ is
+  ``AlertWriter.raised`` and ``agent.evidence.save`` for the breakdown). Nothing in agent/ is
   changed; the wrappers add microseconds.
 
 The breakdown per alert: *wait* (frame decoded -> its detect_batch call starts: the detect
@@ -202,7 +202,7 @@ class Probe:
         self._lock = threading.Lock()
         self._last_detect: tuple[float, float, int] | None = None
         detect_batch = running.detector.detect_batch
-        store_alert = running._store_alert
+        store_alert = running.alerts.raised
         record_alert = running.outbox.record_alert
 
         def timed_detect(frames: Sequence[Image]) -> Any:
@@ -237,7 +237,7 @@ class Probe:
             return result
 
         hook(running.detector, "detect_batch", timed_detect)
-        hook(running, "_store_alert", timed_store)
+        hook(running.alerts, "raised", timed_store)
         hook(running.outbox, "record_alert", timed_record)
 
     def evidence_saved(self, alert_id: str, seconds: float) -> None:

@@ -87,7 +87,6 @@ from agent.config import AgentConfig, EvidenceConfig, MqttConfig, parse_config
 from agent.ingest.reader import grade
 from agent.records import Detection, EvidenceInfo
 from agent.rules.engine import Alert
-from agent.service.agent import alert_event
 from agent.service.telemetry import ProcessCpu, clock_status, system_metrics
 from agent.store.database import db_path
 from agent.store.store import Store
@@ -510,7 +509,7 @@ class SimBox:
             self.uplink.wake()
 
     def alert_start(self) -> Alert:
-        """Commit an alert with its evidence JPEG in one transaction, as ``_store_alert``."""
+        """Commit an alert with its evidence JPEG in one transaction, as ``AlertWriter.raised``."""
         material = self.plan.material
         alert = make_alert(self.rng, time.time())
         jpeg = self.rng.choice(material.jpegs)
@@ -522,7 +521,7 @@ class SimBox:
             sha256=_sha256(jpeg),
             source="main",
         )
-        event = alert_event(alert)
+        event = alert.event()
         payload = contract.encode(contract.alert(self.config, event, saved, model=material.model))
         record = contract.alert_record(event, saved)
         self.outbox.record_alert(
@@ -538,7 +537,7 @@ class SimBox:
         """Commit the alert's end (no better frame: no new image)."""
         now = time.time()
         ended = replace(alert, phase="end", ended_at=now - 1.0, end_reason="cleared")
-        body = contract.alert(self.config, alert_event(ended), None, model=self.plan.material.model)
+        body = contract.alert(self.config, ended.event(), None, model=self.plan.material.model)
         payload = contract.encode(body)
         self.outbox.record_alert_end(
             alert.id,
@@ -606,7 +605,7 @@ class SimBox:
                         source="main",
                     )
                     payload = contract.encode(
-                        contract.alert(self.config, alert_event(alert), saved, model=material.model)
+                        contract.alert(self.config, alert.event(), saved, model=material.model)
                     )
                     self.outbox._insert_alert(
                         conn,
@@ -1265,7 +1264,7 @@ def payload_sizes(material: Material, city: str, prefix: str, samples: int) -> d
                 sha256=_sha256(jpeg),
                 source="main",
             )
-            event = alert_event(alert)
+            event = alert.event()
             starts.append(
                 contract.encode(contract.alert(box.config, event, saved, model=material.model))
             )
