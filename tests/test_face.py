@@ -1,0 +1,277 @@
+"""The face-first mask check (agent/detect/face.py) with the committed models of models/face.
+
+Real inference: YuNet through OpenCV and the mask classifier through onnxruntime. The
+pictures are held-out (val split) images of ``../shared/datasets/facemask``, chosen by their
+ground truth only (the first by name with one face of the class, at least a quarter of the
+picture tall), never by what a model makes of them; those tests skip without ``../shared``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from agent.config import RuleConfig
+from agent.detect.datasets import AGENT_LABELS, split_of
+from agent.detect.face import (
+    CLASSIFIER_FILE,
+    META_FILE,
+    YUNET_FILE,
+    FaceDetector,
+    FaceMaskStage,
+    MaskClassifier,
+    crop_face,
+)
+from agent.errors import ModelError
+from agent.records import Detection
+from agent.rules.engine import RuleEngine
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models" / "face"
+FACEMASK = REPO.parent / "shared" / "datasets" / "facemask"
+UNMASKED = frozenset({"without_mask", "mask_weared_incorrect"})
+MASKED = frozenset({"with_mask"})
+
+Image = npt.NDArray[np.uint8]
+Box = tuple[float, float, float, float]
+
+needs_data = pytest.mark.skipif(
+    not (FACEMASK / "annotations").is_dir(),
+    reason=f"needs ../shared/datasets/facemask ({FACEMASK}) for held-out pictures",
+)
+
+
+def held_out_face(classes: frozenset[str]) -> tuple[Image, Box]:
+    """The first val image by name with one face, of ``classes``, >= 1/4 of its height tall;
+    returns the picture and the face's box in pixels."""
+    for xml_path in sorted((FACEMASK / "annotations").glob("*.xml")):
+        if split_of("facemask", xml_path.stem) != "val":
+            continue
+        root = ET.parse(xml_path).getroot()  # noqa: S314 - the project's own dataset
+        objects = root.findall("object")
+        if len(objects) != 1 or objects[0].findtext("name") not in classes:
+            continue
+        bnd = objects[0].find("bndbox")
+        assert bnd is not None
+        box = tuple(float(bnd.findtext(k) or 0) for k in ("xmin", "ymin", "xmax", "ymax"))
+        if (box[3] - box[1]) / float(root.findtext("size/height") or 1) < 0.25:
+            continue
+        pixels = cv2.imread(str(FACEMASK / "images" / f"{xml_path.stem}.jpg"))
+        assert pixels is not None, xml_path
+        return np.asarray(pixels, dtype=np.uint8), (box[0], box[1], box[2], box[3])
+    raise AssertionError(f"no held-out single face of {sorted(classes)} in {FACEMASK}")
+
+
+def iou(a: Box, b: Box) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def on_face(detections: list[Detection], face: Box, width: int, height: int) -> list[Detection]:
+    """The detections whose box (normalised) overlaps ``face`` (pixels) at IoU >= 0.3."""
+    norm = (face[0] / width, face[1] / height, face[2] / width, face[3] / height)
+    return [d for d in detections if iou(d.box, norm) >= 0.3]
+
+
+def close_up(picture: Image, face: Box, *, face_px: int = 400) -> tuple[Image, Box]:
+    """The picture scaled so the face is ``face_px`` tall, in a 1280x720 frame centred on it
+    (grey where the picture ends): staff right in front of a counter camera."""
+    scale = face_px / (face[3] - face[1])
+    big = cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    frame = np.full((720, 1280, 3), 90, np.uint8)
+    cx, cy = (face[0] + face[2]) / 2 * scale, (face[1] + face[3]) / 2 * scale
+    x0, y0 = round(cx - 640), round(cy - 360)  # frame origin in the scaled picture
+    sx0, sy0 = max(0, x0), max(0, y0)
+    sx1, sy1 = min(big.shape[1], x0 + 1280), min(big.shape[0], y0 + 720)
+    frame[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = big[sy0:sy1, sx0:sx1]
+    moved = tuple(v * scale - o for v, o in zip(face, (x0, y0, x0, y0), strict=True))
+    return frame, (moved[0], moved[1], moved[2], moved[3])
+
+
+@pytest.fixture(scope="module")
+def stage() -> FaceMaskStage:
+    return FaceMaskStage.from_dir(MODELS)
+
+
+# --------------------------------------------------------------------------- real pictures
+
+
+@needs_data
+def test_unmasked_held_out_face_is_found_and_decided_no_mask(stage: FaceMaskStage) -> None:
+    """The held-out unmasked face gives a face_no_mask detection on it, with the detector's
+    class id and a box normalised to 0..1, and no face_mask detection on it."""
+    picture, face = held_out_face(UNMASKED)
+    height, width = picture.shape[:2]
+    detections = stage.detect(picture)
+    hits = on_face(detections, face, width, height)
+    assert [d.label for d in hits] == ["face_no_mask"], detections
+    assert hits[0].class_id == AGENT_LABELS.index("face_no_mask")
+    assert 0.5 < hits[0].confidence <= 1.0
+    assert all(0.0 <= v <= 1.0 for d in detections for v in d.box)
+
+
+@needs_data
+def test_masked_held_out_face_is_found_and_decided_mask(stage: FaceMaskStage) -> None:
+    """The held-out masked face gives a face_mask detection on it and no face_no_mask."""
+    picture, face = held_out_face(MASKED)
+    height, width = picture.shape[:2]
+    hits = on_face(stage.detect(picture), face, width, height)
+    assert [d.label for d in hits] == ["face_mask"], hits
+    assert hits[0].class_id == AGENT_LABELS.index("face_mask")
+
+
+@needs_data
+@pytest.mark.parametrize(("classes", "label"), [(UNMASKED, "face_no_mask"), (MASKED, "face_mask")])
+def test_large_close_up_face_is_found_and_decided(
+    stage: FaceMaskStage, classes: frozenset[str], label: str
+) -> None:
+    """A face 400 px tall in a 1280x720 frame (where the YOLO detector finds nothing) is
+    found and decided like the small original."""
+    picture, face = held_out_face(classes)
+    frame, moved = close_up(picture, face)
+    hits = on_face(stage.detect(frame), moved, 1280, 720)
+    assert [d.label for d in hits] == [label], hits
+
+
+@needs_data
+def test_face_stage_detections_drive_the_rules_engine_unchanged(stage: FaceMaskStage) -> None:
+    """The stage's detections go into the rule engine as they are: the unmasked face raises
+    the no_mask alert after min_duration, the masked one never does."""
+    rule = RuleConfig.model_validate(
+        {"labels": ["face_no_mask"], "min_duration": 3.0, "min_confidence": 0.5}
+    )
+    for classes, expected in ((UNMASKED, 1), (MASKED, 0)):
+        picture, _ = held_out_face(classes)
+        detections = stage.detect(picture)
+        engine = RuleEngine({"no_mask": rule})
+        started = [
+            alert
+            for t in range(6)
+            for alert in engine.update("kitchen", detections, mono=float(t), wall=1e9 + t)
+            if alert.phase == "start"
+        ]
+        assert len(started) == expected, (classes, detections)
+        assert all(a.type == "no_mask" for a in started)
+
+
+# --------------------------------------------------------------------------- crops and passes
+
+
+def test_crop_is_a_square_around_the_face_with_the_margin() -> None:
+    """A face box of a uniform patch on a different background gives a crop whose centre is
+    the patch and whose border, at margin 0.5, is background."""
+    frame = np.zeros((200, 300, 3), np.uint8)
+    frame[80:120, 130:170] = 200  # a 40 px "face" at (150, 100)
+    crop = crop_face(frame, (130.0, 80.0, 170.0, 120.0), size=64, margin=0.5)
+    assert crop.shape == (64, 64, 3)
+    assert crop.dtype == np.uint8
+    assert crop[24:40, 24:40].min() == 200  # the middle half is the face
+    assert crop[:4].max() == 0
+    assert crop[:, -4:].max() == 0
+
+
+def test_large_faces_are_shrunk_without_aliasing() -> None:
+    """A 400 px face of fine stripes becomes a flat mid-grey at 64 px (area averaging), not
+    a moire of black and white."""
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    frame[:, ::2] = 255
+    crop = crop_face(frame, (440.0, 160.0, 840.0, 560.0), size=64, margin=0.2)
+    assert abs(float(crop.mean()) - 127.5) < 3
+    assert float(crop.std()) < 10
+
+
+def test_upscaled_pass_is_capped_by_pixels() -> None:
+    """The small-face pass is 2x up to max_upscaled_pixels, smaller above, none under 1.25x."""
+    detector = FaceDetector(MODELS / YUNET_FILE)
+    assert detector.max_upscaled_pixels == 1_000_000
+    assert detector.upscale_for(640, 360) == 2.0
+    assert math.isclose(detector.upscale_for(960, 540), math.sqrt(1_000_000 / (960 * 540)))
+    assert detector.upscale_for(1280, 720) == 1.0
+    assert FaceDetector(MODELS / YUNET_FILE, upscale=1.0).upscale_for(320, 240) == 1.0
+
+
+def test_a_frame_without_faces_gives_no_detections(stage: FaceMaskStage) -> None:
+    """A flat grey frame has no face and so no detection."""
+    assert stage.detect(np.full((480, 640, 3), 128, np.uint8)) == []
+
+
+@pytest.mark.parametrize(
+    "setting", [{"score_threshold": 0.0}, {"top_k": 0}, {"upscale": 0.5}, {"nms_threshold": 2.0}]
+)
+def test_out_of_range_settings_are_refused(setting: dict[str, float]) -> None:
+    """Every face detector setting out of its range raises ValueError naming it."""
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        FaceDetector(MODELS / YUNET_FILE, **setting)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- bad model files
+
+
+def test_corrupt_classifier_in_model_folder_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """A model folder whose classifier no longer matches its sha256 raises ModelError with
+    the file's path, before anything runs."""
+    folder = tmp_path / "face"
+    shutil.copytree(MODELS, folder)
+    onnx = folder / CLASSIFIER_FILE
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=re.escape(str(onnx))) as caught:
+        FaceMaskStage.from_dir(folder)
+    assert "sha256" in str(caught.value)
+
+
+def test_missing_face_detector_in_model_folder_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """A model folder without its YuNet file raises ModelError with the file's path."""
+    folder = tmp_path / "face"
+    shutil.copytree(MODELS, folder)
+    (folder / YUNET_FILE).unlink()
+    with pytest.raises(ModelError, match=re.escape(str(folder / YUNET_FILE))):
+        FaceMaskStage.from_dir(folder)
+
+
+def test_missing_description_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """A folder without mask_classifier.json raises ModelError with its path."""
+    with pytest.raises(ModelError, match=re.escape(str(tmp_path / META_FILE))):
+        FaceMaskStage.from_dir(tmp_path)
+
+
+@pytest.mark.parametrize("load", [MaskClassifier, FaceDetector])
+def test_garbage_onnx_is_refused_naming_the_file(tmp_path: Path, load: type) -> None:
+    """A file that is no ONNX model raises ModelError with its path, for both models."""
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"\x08\x07not an onnx model" * 50)
+    with pytest.raises(ModelError, match=re.escape(str(path))):
+        load(path)
+
+
+def test_missing_onnx_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """A path with no file raises ModelError with the path, for both models."""
+    for load in (MaskClassifier, FaceDetector):
+        with pytest.raises(ModelError, match=re.escape(str(tmp_path / "absent.onnx"))):
+            load(tmp_path / "absent.onnx")
+
+
+def test_swapped_models_are_refused_naming_the_file() -> None:
+    """YuNet given as the classifier, or the classifier as YuNet, raises ModelError naming
+    the file: the input and output shapes do not match."""
+    with pytest.raises(ModelError, match=re.escape(str(MODELS / YUNET_FILE))):
+        MaskClassifier(MODELS / YUNET_FILE)
+    with pytest.raises(ModelError, match=re.escape(str(MODELS / CLASSIFIER_FILE))):
+        FaceDetector(MODELS / CLASSIFIER_FILE)
+
+
+def test_classifier_with_other_labels_is_refused_naming_the_file() -> None:
+    """The classifier loaded with two labels (its output has three) raises ModelError."""
+    with pytest.raises(ModelError, match=re.escape(str(MODELS / CLASSIFIER_FILE))):
+        MaskClassifier(MODELS / CLASSIFIER_FILE, labels=("mask", "no_mask"))
