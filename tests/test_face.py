@@ -1,4 +1,4 @@
-"""The face-first mask check (agent/detect/face.py) with the committed models of models/face.
+"""The face-first mask check (agent/detect/face.py) with the models in models/default/face.
 
 Real inference: YuNet through OpenCV and the mask classifier through onnxruntime. The
 pictures are held-out (val split) images of ``../shared/datasets/facemask``, chosen by their
@@ -35,7 +35,7 @@ from agent.records import Detection
 from agent.rules.engine import RuleEngine
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO / "models" / "face"
+MODELS = REPO / "models" / "default" / "face"
 FACEMASK = REPO.parent / "shared" / "datasets" / "facemask"
 UNMASKED = frozenset({"without_mask", "mask_weared_incorrect"})
 MASKED = frozenset({"with_mask"})
@@ -275,3 +275,115 @@ def test_classifier_with_other_labels_is_refused_naming_the_file() -> None:
     """The classifier loaded with two labels (its output has three) raises ModelError."""
     with pytest.raises(ModelError, match=re.escape(str(MODELS / CLASSIFIER_FILE))):
         MaskClassifier(MODELS / CLASSIFIER_FILE, labels=("mask", "no_mask"))
+
+
+# --------------------------------------------------------------------------- in the model package
+
+PACKAGE = REPO / "models" / "default"
+
+
+def staged_copy(tmp_path: Path, **changes: object) -> Path:
+    """A copy of the default package whose ``stages.face`` entry has ``changes`` applied."""
+    import yaml  # noqa: PLC0415
+
+    target = tmp_path / "package"
+    shutil.copytree(PACKAGE, target)
+    manifest = yaml.safe_load((target / "manifest.yaml").read_text())
+    manifest["stages"]["face"].update(changes)
+    (target / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return target
+
+
+def test_default_package_carries_the_face_stage_pinned_by_sha256() -> None:
+    """The shipped package is format 2 with a face stage that decides the face labels."""
+    from agent.detect.model import load_model_package  # noqa: PLC0415
+
+    package = load_model_package(PACKAGE)
+    face = package.stages["face"]
+    assert package.manifest["format"] == "mclz-model/2"
+    assert face.path == PACKAGE / "face"
+    assert set(face.replaces) == {"face_mask", "face_no_mask"}
+
+
+def test_a_replaced_stage_description_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """A stage whose description no longer matches the manifest's sha256 is refused."""
+    from agent.detect.model import load_model_package  # noqa: PLC0415
+
+    target = staged_copy(tmp_path)
+    meta = target / "face" / "mask_classifier.json"
+    meta.write_text(meta.read_text().replace('"margin": 0.2', '"margin": 0.3'))
+    with pytest.raises(ModelError, match=re.escape(str(meta))):
+        load_model_package(target)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"replaces": ["face_hat"]}, "stages.face.replaces"),
+        ({"options": {"upscale": "big"}}, "stages.face.options"),
+        ({"options": {"turbo": 1}}, "stages.face.options"),
+        ({"dir": "../face"}, "stages.face.dir"),
+        ({"meta_sha256": "abc"}, "stages.face.meta_sha256"),
+        ({"colour": "red"}, "unknown fields: colour"),
+    ],
+)
+def test_bad_stage_entries_are_refused_with_the_field(
+    tmp_path: Path, changes: dict[str, object], message: str
+) -> None:
+    """Each malformed stage entry gives a ModelError naming the manifest and the field."""
+    from agent.detect.model import load_model_package  # noqa: PLC0415
+
+    target = staged_copy(tmp_path, **changes)
+    with pytest.raises(ModelError, match=re.escape(message)):
+        load_model_package(target)
+
+
+def test_stages_need_format_2(tmp_path: Path) -> None:
+    """A format-1 manifest with stages is refused: an older agent would run it without them."""
+    from agent.detect.model import load_model_package  # noqa: PLC0415
+
+    target = staged_copy(tmp_path)
+    text = (target / "manifest.yaml").read_text()
+    (target / "manifest.yaml").write_text(text.replace("mclz-model/2", "mclz-model/1"))
+    with pytest.raises(ModelError, match="needs format 'mclz-model/2'"):
+        load_model_package(target)
+
+
+@needs_data
+def test_detector_with_a_face_stage_puts_the_stage_decision_in_place_of_its_own() -> None:
+    """On a 400 px close-up, the Detector call the agent makes returns exactly one face
+    detection on the face, and it is the face stage's (same label and confidence): the
+    detector's own face classes are replaced, not added."""
+    from agent.detect.detector import Detector  # noqa: PLC0415
+    from agent.detect.model import load_model_package  # noqa: PLC0415
+
+    picture, face = held_out_face(UNMASKED)
+    frame, moved = close_up(picture, face)
+    detector = Detector(load_model_package(PACKAGE), conf_threshold=0.25)
+    assert detector.face_stage is not None
+    staged = on_face(detector.detect(frame), moved, 1280, 720)
+    own = on_face(detector.face_stage.detect(frame), moved, 1280, 720)
+    assert [d.label for d in staged] == ["face_no_mask"], staged
+    assert [(d.label, round(d.confidence, 6)) for d in own] == [
+        (d.label, round(d.confidence, 6)) for d in staged
+    ]
+
+
+@needs_data
+def test_face_stage_boxes_follow_the_view_crop() -> None:
+    """With a view cropped to the right half, the face stage looks at that half only and
+    its boxes come back in whole-frame coordinates, on the face."""
+    from agent.detect.detector import Detector  # noqa: PLC0415
+    from agent.detect.model import load_model_package  # noqa: PLC0415
+    from agent.detect.views import View  # noqa: PLC0415
+
+    picture, face = held_out_face(UNMASKED)
+    height, width = picture.shape[:2]
+    frame = np.full((height, 2 * width, 3), 90, np.uint8)
+    frame[:, width:] = picture  # the face sits in the right half
+    shifted = (face[0] + width, face[1], face[2] + width, face[3])
+    detector = Detector(load_model_package(PACKAGE))
+    right = detector.detect_views([frame], [View(crop=(0.5, 0.0, 1.0, 1.0))])[0]
+    left = detector.detect_views([frame], [View(crop=(0.0, 0.0, 0.5, 1.0))])[0]
+    assert [d.label for d in on_face(right, shifted, 2 * width, height)] == ["face_no_mask"]
+    assert not [d for d in left if d.label.startswith("face_")], left

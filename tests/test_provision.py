@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from agent.cli.main import app
 from agent.config import load_config
 from agent.install import provision
+from agent.install.unit import sync_credentials
 from mclz_testkit.common import free_port
 from mclz_testkit.factories import ClipFactory, RtspServerFactory
 
@@ -370,14 +371,14 @@ def test_service_install_under_a_root_writes_a_valid_unit_and_credentials(
         assert problems == []
     # A later camera change rewrites the drop-in of the installed unit.
     cfg = load_config(config)
-    changed = provision.sync_credentials(
+    changed = sync_credentials(
         cfg.model_copy(update={"cameras": {}}), root=root, credentials_dir=creds
     )
     assert changed == dropin
     assert re.findall(r"(?m)^LoadCredential=(\S+)$", dropin.read_text()) == [
         f"mqtt-password:{creds}/mqtt-password"
     ]
-    assert provision.sync_credentials(cfg, root=tmp_path / "bare", credentials_dir=creds) is None
+    assert sync_credentials(cfg, root=tmp_path / "bare", credentials_dir=creds) is None
 
 
 def test_credentials_resolve_from_the_store_outside_systemd(

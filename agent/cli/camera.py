@@ -1,7 +1,9 @@
 """The cameras: ``camera probe``, ``list``, ``add``, ``remove``, ``snapshot`` and ``discover``.
 
-The work is done by :mod:`agent.ingest.probe`, :mod:`agent.install.provision` and
-:mod:`agent.install.discover`; errors become exit codes here.
+The work is done by :mod:`agent.ingest.probe`, :mod:`agent.install.config_edit` (with the
+credential store of :mod:`agent.install.provision` and the unit's drop-in of
+:mod:`agent.install.unit`), :mod:`agent.install.snapshot` and :mod:`agent.install.discover`;
+errors become exit codes here.
 """
 
 from __future__ import annotations
@@ -193,7 +195,7 @@ def camera_add(  # noqa: PLR0917 - typer passes each option by name
     Example: mclz-agent camera add kitchen-1 rtsp://admin@192.168.1.64/Streaming/Channels/101
     --sub rtsp://admin@192.168.1.64/Streaming/Channels/102 --password-env CAM_PW
     """
-    from agent.install import provision  # noqa: PLC0415
+    from agent.install import config_edit, provision, unit  # noqa: PLC0415
     from agent.redact import redact_url, register_secret, with_password  # noqa: PLC0415
 
     if transport not in {"tcp", "udp"}:
@@ -202,7 +204,7 @@ def camera_add(  # noqa: PLR0917 - typer passes each option by name
     clean: list[str] = []
     passwords = set()
     for raw, _role in streams:
-        without, secret = provision.split_password(raw)
+        without, secret = config_edit.split_password(raw)
         if secret:
             register_secret(secret)
             passwords.add(secret)
@@ -232,13 +234,13 @@ def camera_add(  # noqa: PLR0917 - typer passes each option by name
             err=True,
         )
         raise typer.Exit(6)
-    credential = provision.camera_credential(camera_id) if password else None
+    credential = config_edit.camera_credential(camera_id) if password else None
     detect_url, main_url = (clean[1], clean[0]) if sub else (clean[0], None)
     try:
         if password and credential:
             path = provision.store_secret(credentials_dir, credential, password)
             typer.echo(f"stored the camera password in {path} (0600)")
-        cfg = provision.add_camera(
+        cfg = config_edit.add_camera(
             config,
             camera_id,
             detect_url,
@@ -247,7 +249,7 @@ def camera_add(  # noqa: PLR0917 - typer passes each option by name
             credential=credential,
             replace=replace,
         )
-        dropin = provision.sync_credentials(cfg, credentials_dir=credentials_dir)
+        dropin = unit.sync_credentials(cfg, credentials_dir=credentials_dir)
     except AgentError as exc:
         fail(exc)
     typer.echo(f"added camera {camera_id} to {config}" + (" (forced)" if problems else ""))
@@ -273,14 +275,14 @@ def camera_remove(
 
     Example: mclz-agent camera remove serving-line
     """
-    from agent.install import provision  # noqa: PLC0415
+    from agent.install import config_edit, unit  # noqa: PLC0415
 
     try:
-        cfg, credential = provision.remove_camera(config, camera_id)
+        cfg, credential = config_edit.remove_camera(config, camera_id)
         if credential and not keep_password:
             (credentials_dir / credential).unlink(missing_ok=True)
             typer.echo(f"removed credential {credential}")
-        provision.sync_credentials(cfg, credentials_dir=credentials_dir)
+        unit.sync_credentials(cfg, credentials_dir=credentials_dir)
     except OSError as exc:
         typer.echo(f"warning: credential not removed: {exc.strerror}", err=True)
     except AgentError as exc:
@@ -310,7 +312,7 @@ def camera_snapshot(
 
     from agent.evidence import find_font  # noqa: PLC0415
     from agent.ingest.probe import grab_frames  # noqa: PLC0415
-    from agent.install.provision import draw_zones  # noqa: PLC0415
+    from agent.install.snapshot import draw_zones  # noqa: PLC0415
 
     try:
         cfg = load_config(config)

@@ -109,6 +109,14 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
             "get twice the pixels, inference costs 4x)."
         ),
     ] = "1x1",
+    per_source: Annotated[
+        bool,
+        typer.Option(
+            "--per-source/--all-labels",
+            help="In the merged training set (fm_*, hc_* pictures), score each picture only on "
+            "the labels its source labels (faces are unlabelled in hard-hat pictures).",
+        ),
+    ] = True,
 ) -> None:
     """Score the model on a labelled dataset: precision, recall and AP50 per class and type.
 
@@ -156,6 +164,7 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
             default_threshold=DEFAULT_THRESHOLD if conf is None else conf,
             progress=progress if sys.stderr.isatty() else None,
             view=None if view.is_whole else view,
+            per_source=per_source,
         )
     except AgentError as exc:
         fail(exc)

@@ -1,7 +1,7 @@
 """This box as a whole: ``check``, ``status``, ``version`` and ``service install``.
 
 ``check`` and ``status`` are the doctor's (:mod:`agent.install.doctor`); ``service install``
-is the provisioner's (:mod:`agent.install.provision`). Errors become exit codes here.
+is :mod:`agent.install.unit`'s. Errors become exit codes here.
 """
 
 from __future__ import annotations
@@ -188,11 +188,11 @@ def service_install(  # noqa: PLR0917 - typer passes each option by name
 
     Example: mclz-agent service install --config /etc/mclz-agent/agent.yaml --now
     """
-    from agent.install import provision  # noqa: PLC0415
+    from agent.install import unit  # noqa: PLC0415
 
     try:
         cfg = load_config(config)
-        plan = provision.plan_service(
+        plan = unit.plan_service(
             cfg,
             config,
             root=root,
@@ -208,7 +208,7 @@ def service_install(  # noqa: PLR0917 - typer passes each option by name
             for command in plan.commands:
                 typer.echo("would run: " + " ".join(command))
         else:
-            for line in provision.apply_service(plan):
+            for line in unit.apply_service(plan):
                 typer.echo(line)
     except AgentError as exc:
         fail(exc)

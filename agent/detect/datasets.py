@@ -1,5 +1,12 @@
 """Labelled datasets: read Pascal VOC and YOLO folders and map their classes to the agent's.
 
+Why one file (about 600 lines): it does one thing, a folder on disk in, agent-labelled
+boxes out, and its parts share what makes that thing right: the class map and its
+families, the box convention, the list of problems. The VOC and YOLO readers are some 60
+lines each; split out, each would import those shared parts back from a third module, and
+the callers (``model eval``, the training scripts, the face stage's evaluation) come for
+the loader, the split and the labels together.
+
 Two layouts are read, told apart by the folder that sits next to ``images/``:
 
 * **Pascal VOC** (``annotations/*.xml``, like ``../shared/datasets/facemask``): one xml per
@@ -54,6 +61,22 @@ AGENT_LABELS: Final = (
     "person_uniform",
     "person_no_uniform",
 )
+
+#: Prefix of a merged training picture's name (``scripts/train/prepare_data.py``) -> the agent
+#: labels its source labels. The facemask pictures label no head or person, the headcover
+#: pictures no face: a face found in a hard-hat picture is unlabelled, not a false positive.
+SOURCE_LABELS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
+    {
+        "fm": frozenset({"face_mask", "face_no_mask"}),
+        "hc": frozenset({"head_covered", "head_bare", "person_uniform", "person_no_uniform"}),
+    }
+)
+
+
+def labels_of_source(image_name: str) -> frozenset[str] | None:
+    """The labels the source of a merged picture (``fm_x.jpg``) labels; None when unknown."""
+    return SOURCE_LABELS.get(image_name.split("_", 1)[0]) if "_" in image_name else None
+
 
 #: Source class name -> agent label, for the names of the two supported source datasets.
 CLASS_MAP: Final[Mapping[str, str]] = MappingProxyType(

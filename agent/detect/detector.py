@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.detect.backends import FloatArray, make_backend
+from agent.detect.face import FaceMaskStage
 from agent.detect.model import ModelPackage, _is_int
 from agent.detect.views import TileDetection, View, Window, merge_tiles, touches_inner_edge
 from agent.errors import ModelError
@@ -149,6 +150,17 @@ def nms(
 
 # --------------------------------------------------------------------------- detector
 
+#: A detector face overlapping a face-stage face at least this much is the same face.
+SECOND_OPINION_IOU: Final = 0.3
+
+
+def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
 
 class Detector:
     """Runs a model package on BGR frames and returns detections in frame coordinates.
@@ -194,6 +206,14 @@ class Detector:
         self._batch_size = self._check_input()
         self._transposed = self._check_output()
         self._canvas = np.empty((self._height, self._width, 3), dtype=np.uint8)
+        face = package.stages.get("face")
+        self._faces = (
+            FaceMaskStage.from_dir(face.path, threads=threads, **face.options)
+            if face is not None
+            else None
+        )
+        self._face_labels = frozenset(face.replaces) if face is not None else frozenset()
+        self._second_opinion = face is not None and face.second_opinion
         logger.info(
             "loaded model %s %s (%dx%d, %d labels) on %s with %d thread(s)",
             package.name,
@@ -283,16 +303,73 @@ class Detector:
         """
         return self.detect_batch([frame_bgr])[0]
 
+    @property
+    def face_stage(self) -> FaceMaskStage | None:
+        """The package's face-first mask check, when it has one."""
+        return self._faces
+
     def detect_batch(self, frames_bgr: Sequence[UInt8Array]) -> list[list[Detection]]:
         """Detect objects in several frames, batched: calls of the model's fixed batch size, or
         of up to MAX_BATCH frames when its batch axis is dynamic (memory stays bounded).
 
-        Frames may differ in size. Returns one list per frame, in order.
+        Frames may differ in size. Returns one list per frame, in order. A package with a
+        face stage also runs it on every frame (see :meth:`_with_faces`).
 
         Raises:
             ValueError: a frame is not an HxWx3 uint8 array.
             ModelError: inference failed.
         """
+        found = self._detect_batch(frames_bgr)
+        if self._faces is None:
+            return found
+        return [
+            self._with_faces(frame, dets, None)
+            for frame, dets in zip(frames_bgr, found, strict=True)
+        ]
+
+    def _with_faces(
+        self, frame: UInt8Array, found: list[Detection], view: View | None
+    ) -> list[Detection]:
+        """Put the face stage's decisions in place of the detector's face labels.
+
+        The face stage looks at the view's crop (not its tiles: it finds small faces with its
+        own upscaled pass). With ``second_opinion``, a detector face that overlaps no face the
+        stage found (IoU < 0.3) is kept as well.
+        """
+        assert self._faces is not None  # noqa: S101 - callers check
+        height, width = frame.shape[:2]
+        x0, y0, x1, y1 = view.bounds(width, height) if view is not None else (0, 0, width, height)
+        part = frame[y0:y1, x0:x1] if (x0, y0, x1, y1) != (0, 0, width, height) else frame
+        cw, ch = x1 - x0, y1 - y0
+        faces = [
+            Detection(
+                d.label,
+                d.class_id,
+                d.confidence,
+                (
+                    (x0 + d.box[0] * cw) / width,
+                    (y0 + d.box[1] * ch) / height,
+                    (x0 + d.box[2] * cw) / width,
+                    (y0 + d.box[3] * ch) / height,
+                ),
+            )
+            for d in self._faces.detect(part)
+            if d.confidence >= self._conf
+        ]
+        kept = [d for d in found if d.label not in self._face_labels]
+        if self._second_opinion:
+            kept.extend(
+                d
+                for d in found
+                if d.label in self._face_labels
+                and all(_iou(d.box, f.box) < SECOND_OPINION_IOU for f in faces)
+            )
+        merged = kept + faces
+        merged.sort(key=lambda d: -d.confidence)
+        return merged[: self._max_det]
+
+    def _detect_batch(self, frames_bgr: Sequence[UInt8Array]) -> list[list[Detection]]:
+        """The detector alone on whole frames (or tiles), batched."""
         if not frames_bgr:
             return []
         chunk = self._batch_size or min(len(frames_bgr), MAX_BATCH)
@@ -321,6 +398,18 @@ class Detector:
             raise ValueError(f"{len(frames_bgr)} frame(s) but {len(views)} view(s)")
         if all(v.is_whole for v in views):
             return self.detect_batch(frames_bgr)
+        if self._faces is not None:
+            found = self.detect_views_plain(frames_bgr, views)
+            return [
+                self._with_faces(frame, dets, view)
+                for frame, dets, view in zip(frames_bgr, found, views, strict=True)
+            ]
+        return self.detect_views_plain(frames_bgr, views)
+
+    def detect_views_plain(
+        self, frames_bgr: Sequence[UInt8Array], views: Sequence[View]
+    ) -> list[list[Detection]]:
+        """:meth:`detect_views` for the detector alone (no face stage)."""
         crops: list[UInt8Array] = []
         owners: list[tuple[int, Window, tuple[bool, ...]]] = []
         for i, (frame, view) in enumerate(zip(frames_bgr, views, strict=True)):
@@ -332,7 +421,7 @@ class Detector:
                 crops.append(frame[y0:y1, x0:x1])
                 inner = (x0 > left, y0 > top, x1 < right, y1 < bottom)
                 owners.append((i, (x0, y0, x1, y1), inner))
-        results = self.detect_batch(crops)
+        results = self._detect_batch(crops)
         per_frame: list[list[TileDetection]] = [[] for _ in frames_bgr]
         for tile, ((i, (x0, y0, x1, y1), edges), found) in enumerate(
             zip(owners, results, strict=True)

@@ -1,8 +1,13 @@
 """Evaluation stage: run the agent's own detector over a labelled dataset and score it.
 
+Why one file (about 640 lines): the report's records, the matching and metrics that fill
+them, the run over the dataset and the report's text are one measurement, and a new figure
+(recall by object size, the stage a report scores) changes all four together. The metrics
+are small pure functions, tested on their own (tests/test_evaluate.py); apart, they would
+be a module that only this one imports.
+
 Every image goes through :meth:`agent.detect.detector.Detector.detect_batch`, the path the agent
-runs
-on cameras (letterbox, onnxruntime or OpenVINO, NMS), so the figures are the box's figures,
+runs on cameras (letterbox, onnxruntime or OpenVINO, NMS), so the figures are the box's figures,
 not a training framework's. Build the detector with a very low ``conf_threshold`` (0.001):
 AP needs the whole precision-recall curve; precision and recall at the operating point are
 then read off at each class's threshold.
@@ -48,7 +53,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from agent.detect.datasets import Dataset, LabelledBox, Sample
+from agent.detect.datasets import Dataset, LabelledBox, Sample, labels_of_source
 from agent.detect.detector import Detector
 from agent.detect.views import View
 from agent.records import Detection
@@ -448,6 +453,7 @@ def evaluate(
     progress: Progress | None = None,
     view: View | None = None,
     stage: str = DETECTOR_STAGE,
+    per_source: bool = True,
 ) -> EvalReport:
     """Detect on every image of ``dataset`` and score the dataset's labelled classes.
 
@@ -455,7 +461,11 @@ def evaluate(
     it lacks); ``violations`` maps labels to violation types for the pooled figures. Images
     that cannot be decoded are left out and listed in the report's problems. ``view``
     (crop and tiles) is applied to every image as the agent applies a camera's. ``stage``
-    names what the report scores (the detector; later also the face stage).
+    names what the report scores (the detector; later also the face stage). With
+    ``per_source`` (the default), a picture of the merged data set is scored only on the
+    labels its source labels (:data:`~agent.detect.datasets.SOURCE_LABELS`): the faces in a
+    hard-hat picture are unlabelled, and a face stage finds them all, so counting them as
+    false positives would measure the labelling, not the model.
 
     Raises:
         ValueError: ``iou`` is not in (0, 1] or ``batch`` is below 1.
@@ -494,7 +504,10 @@ def evaluate(
         detect_seconds += time.perf_counter() - t0
         for (sample, image), detections in zip(part, results, strict=True):
             height, width = image.shape[:2]
+            scored = labels_of_source(sample.image_path.name) if per_source else None
             for label in labelled:
+                if scored is not None and label not in scored:
+                    continue
                 sizes = [box_size(b.box, width, height) for b in sample.boxes if b.label == label]
                 gt_counts[label] += len(sizes)
                 dets, taken_by = match_truth(detections, sample.boxes, label, iou=iou)

@@ -19,6 +19,22 @@ says which labels are violations of which type and each label's default threshol
 
 A ``manifest.json`` with the same fields is read too (JSON is YAML).
 
+Format ``mclz-model/2`` adds ``stages``: further models that run beside the detector on every
+analysed frame. Today one kind, the face-first mask check (:mod:`agent.detect.face`)::
+
+    format: mclz-model/2
+    ...                                       # the detector, as in /1
+    stages:
+      face:
+        dir: face                             # a folder of the package: mask_classifier.json,
+        meta_sha256: <64 hex digits>          #   the classifier and YuNet (their sha256 in it)
+        replaces: [face_mask, face_no_mask]   # the detector's labels this stage decides instead
+        second_opinion: false                 # keep detector faces the stage did not find
+        options: {upscale: 2.0, max_upscaled_pixels: 1000000}   # FaceDetector settings
+
+The format is bumped so that an agent that does not know stages refuses the package instead
+of running it without them.
+
 Nothing here loads the ONNX graph: :class:`agent.detect.detector.Detector` does.
 """
 
@@ -40,6 +56,14 @@ from agent.errors import ModelError
 MANIFEST_NAME: Final = "manifest.yaml"
 MANIFEST_NAMES: Final = (MANIFEST_NAME, "manifest.json")
 MANIFEST_FORMAT: Final = "mclz-model/1"
+#: Written when the package has ``stages``; both are read.
+STAGED_FORMAT: Final = "mclz-model/2"
+FORMATS: Final = (MANIFEST_FORMAT, STAGED_FORMAT)
+#: Stage kinds this agent runs, and the options each passes on to its models.
+STAGE_KINDS: Final = ("face",)
+FACE_OPTIONS: Final = frozenset(
+    {"score_threshold", "nms_threshold", "top_k", "upscale", "max_upscaled_pixels", "max_pixels"}
+)
 OUTPUT_CONVENTIONS: Final = ("yolo",)
 DEFAULT_SCALE: Final = 1.0 / 255.0
 
@@ -54,8 +78,19 @@ _REQUIRED_FIELDS: Final = (
     "output",
     "labels",
 )
-_RESERVED_FIELDS: Final = frozenset((*_REQUIRED_FIELDS, "violations", "thresholds"))
+_RESERVED_FIELDS: Final = frozenset((*_REQUIRED_FIELDS, "violations", "thresholds", "stages"))
 _TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A verified further stage of a package (``stages.<kind>`` of the manifest)."""
+
+    kind: str
+    path: Path  # the stage's folder inside the package
+    replaces: tuple[str, ...]  # detector labels this stage decides instead
+    second_opinion: bool  # keep the detector's detections of those labels the stage missed
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,6 +108,7 @@ class ModelPackage:
     manifest: dict[str, Any] = field(repr=False, compare=False)
     violations: dict[str, str] = field(default_factory=dict)  # label -> violation type
     thresholds: dict[str, float] = field(default_factory=dict)  # label -> default confidence
+    stages: dict[str, Stage] = field(default_factory=dict)  # kind -> verified stage
 
     @property
     def color(self) -> str:
@@ -98,9 +134,60 @@ def _is_int(value: object) -> bool:
 
 
 def _format_problems(value: object) -> list[str]:
-    if value != MANIFEST_FORMAT:
-        return [f"unknown format {value!r} (this agent reads {MANIFEST_FORMAT!r})"]
+    if value not in FORMATS:
+        known = " or ".join(repr(f) for f in FORMATS)
+        return [f"unknown format {value!r} (this agent reads {known})"]
     return []
+
+
+def _stages_problems(data: dict[str, Any]) -> list[str]:
+    stages = data.get("stages")
+    if stages is None:
+        return []
+    if data.get("format") != STAGED_FORMAT:
+        return [f"'stages' needs format {STAGED_FORMAT!r}"]
+    if not isinstance(stages, dict) or not stages:
+        return ["'stages' must map stage kinds to their settings"]
+    raw_labels = data.get("labels")
+    labels: list[Any] = raw_labels if isinstance(raw_labels, list) else []
+    problems: list[str] = []
+    for kind, spec in stages.items():
+        where = f"stages.{kind}"
+        if kind not in STAGE_KINDS:
+            problems.append(f"'{where}': unknown stage kind (this agent runs {STAGE_KINDS})")
+        elif not isinstance(spec, dict):
+            problems.append(f"'{where}' must be a mapping")
+        else:
+            problems.extend(_stage_problems(where, spec, labels))
+    return problems
+
+
+def _stage_problems(where: str, spec: dict[str, Any], labels: list[Any]) -> list[str]:
+    problems: list[str] = []
+    unknown = sorted(set(spec) - {"dir", "meta_sha256", "replaces", "second_opinion", "options"})
+    if unknown:
+        problems.append(f"'{where}' has unknown fields: {', '.join(map(str, unknown))}")
+    folder = spec.get("dir")
+    if (
+        not isinstance(folder, str)
+        or not folder.strip()
+        or Path(folder).is_absolute()
+        or ".." in Path(folder).parts
+    ):
+        problems.append(f"'{where}.dir' must be a folder inside the package, not {folder!r}")
+    if not _SHA256_RE.match(str(spec.get("meta_sha256")).lower()):
+        problems.append(f"'{where}.meta_sha256' must be 64 hexadecimal digits")
+    replaces = spec.get("replaces", [])
+    if not isinstance(replaces, list) or any(r not in labels for r in replaces):
+        problems.append(f"'{where}.replaces' must list labels of the model, not {replaces!r}")
+    if not isinstance(spec.get("second_opinion", False), bool):
+        problems.append(f"'{where}.second_opinion' must be true or false")
+    options = spec.get("options", {})
+    if not isinstance(options, dict) or not set(options) <= FACE_OPTIONS:
+        problems.append(f"'{where}.options' may set only {', '.join(sorted(FACE_OPTIONS))}")
+    elif any(isinstance(v, bool) or not isinstance(v, int | float) for v in options.values()):
+        problems.append(f"'{where}.options' values must be numbers")
+    return problems
 
 
 def _text_problems(key: str) -> Callable[[object], list[str]]:
@@ -191,6 +278,7 @@ def _manifest_problems(data: object) -> list[str]:
         else:
             problems.extend(checks[key](data[key]))
     problems.extend(_mapping_problems(data))
+    problems.extend(_stages_problems(data))
     return problems
 
 
@@ -264,6 +352,10 @@ def load_model_package(path: Path) -> ModelPackage:
             f"{onnx_path} sha256 is {actual}, manifest says {expected}: "
             "the file is corrupt or was replaced"
         )
+    stages = {
+        str(kind): _load_stage(package_dir, manifest_path, str(kind), spec)
+        for kind, spec in (data.get("stages") or {}).items()
+    }
     return ModelPackage(
         path=package_dir,
         name=data["name"],
@@ -276,7 +368,62 @@ def load_model_package(path: Path) -> ModelPackage:
         manifest=data,
         violations={str(k): str(v) for k, v in data.get("violations", {}).items()},
         thresholds={str(k): float(v) for k, v in data.get("thresholds", {}).items()},
+        stages=stages,
     )
+
+
+#: The file of a face stage's folder whose sha256 the manifest pins; it pins the others.
+FACE_META_FILE: Final = "mask_classifier.json"
+
+
+def _load_stage(package_dir: Path, manifest_path: Path, kind: str, spec: dict[str, Any]) -> Stage:
+    """Check a stage's folder and the sha256 of its description (which pins its models)."""
+    folder = package_dir / spec["dir"]
+    meta = folder / FACE_META_FILE
+    if not meta.is_file():
+        raise ModelError(f"{meta}: stage description not found (named by {manifest_path})")
+    try:
+        actual = _sha256_of(meta)
+    except OSError as exc:
+        raise ModelError(f"{meta}: cannot read stage description: {exc}") from exc
+    expected = str(spec["meta_sha256"]).lower()
+    if actual != expected:
+        raise ModelError(
+            f"{meta} sha256 is {actual}, manifest says {expected}: "
+            "the file is corrupt or was replaced"
+        )
+    return Stage(
+        kind=kind,
+        path=folder,
+        replaces=tuple(str(r) for r in spec.get("replaces", [])),
+        second_opinion=bool(spec.get("second_opinion", False)),
+        options=dict(spec.get("options", {})),
+    )
+
+
+def stage_entry(
+    package_dir: Path,
+    folder: str,
+    *,
+    replaces: Sequence[str],
+    second_opinion: bool = False,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest's ``stages.face`` entry for a face-model folder copied into the package.
+
+    Raises:
+        ModelError: the folder has no stage description.
+    """
+    meta = Path(package_dir) / folder / FACE_META_FILE
+    if not meta.is_file():
+        raise ModelError(f"{meta}: stage description not found")
+    return {
+        "dir": folder,
+        "meta_sha256": _sha256_of(meta),
+        "replaces": list(replaces),
+        "second_opinion": second_opinion,
+        "options": dict(options or {}),
+    }
 
 
 def write_manifest(
@@ -293,6 +440,7 @@ def write_manifest(
     output: str = "yolo",
     violations: dict[str, str] | None = None,
     thresholds: dict[str, float] | None = None,
+    stages: dict[str, dict[str, Any]] | None = None,
     **extra: Any,
 ) -> Path:
     """Hash ``package_dir/onnx_file`` and write ``package_dir/manifest.yaml`` atomically.
@@ -313,7 +461,7 @@ def write_manifest(
     if not onnx_path.is_file():
         raise ModelError(f"{onnx_path}: model file not found")
     data: dict[str, Any] = {
-        "format": MANIFEST_FORMAT,
+        "format": STAGED_FORMAT if stages else MANIFEST_FORMAT,
         "name": name,
         "version": version,
         "file": onnx_file,
@@ -329,6 +477,7 @@ def write_manifest(
         "labels": list(labels),
         "violations": dict(violations or {}),
         "thresholds": dict(thresholds or {}),
+        **({"stages": stages} if stages else {}),
         **extra,
     }
     problems = _manifest_problems(data)

@@ -22,6 +22,12 @@ extra's ``onnx``) on frames with solid patches, which give a few hundred NMS can
     .venv/bin/python scripts/bench/bench_detect.py --rounds 4 --json /tmp/detect.json
     .venv/bin/python scripts/bench/bench_detect.py --batches 1 4 --threads 2 --backend onnxruntime
     .venv/bin/python scripts/bench/bench_detect.py --stages --model synthetic --runs 200
+    .venv/bin/python scripts/bench/bench_detect.py --compare /tmp/detector-only-package
+
+``--compare BASE`` answers "what does a frame cost with this package against BASE": both
+packages on one thread, batch 1 (one analysed frame, as a camera sends it), interleaved
+rounds, at the video's size and upscaled to 1280x720 and 1920x1080; with a face stage its
+two parts (finding faces, deciding masks) are shown too.
 """
 
 from __future__ import annotations
@@ -369,11 +375,50 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--frame", default="640x360", help="--stages with the synthetic model: frame size WxH"
     )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="a second package: ms per analysed frame of both side by side (1 thread, batch 1)",
+    )
     return parser.parse_args(argv)
+
+
+def compare_packages(base_dir: Path, model_dir: Path, video: Path, rounds: int) -> None:
+    """Print ms per analysed frame of two packages, side by side, at three frame sizes."""
+    base = Detector(load_model_package(base_dir), threads=1)
+    model = Detector(load_model_package(model_dir), threads=1)
+    frames = decode_frames(video, 12)
+    sizes = [(frames[0].shape[1], frames[0].shape[0]), (1280, 720), (1920, 1080)]
+    print(f"base  {base.package.name} {base.package.version}")
+    print(f"model {model.package.name} {model.package.version}; {cpu_name()}, 1 thread, batch 1")
+    print(
+        f"{'frame':>10} {'base ms':>8} {'model ms':>9} {'ratio':>6} {'faces ms':>9} {'masks ms':>9}"
+    )
+    for width, height in sizes:
+        scaled = [np.asarray(cv2.resize(f, (width, height)), dtype=np.uint8) for f in frames]
+        times: dict[str, list[float]] = {"base": [], "model": [], "find": [], "decide": []}
+        for _ in range(rounds):
+            for frame in scaled:
+                for name, detector in (("base", base), ("model", model)):
+                    t0 = time.perf_counter()
+                    detector.detect(frame)
+                    times[name].append((time.perf_counter() - t0) * 1000.0)
+                    stage = detector.face_stage
+                    if name == "model" and stage is not None:
+                        times["find"].append(stage.last_ms[0])
+                        times["decide"].append(stage.last_ms[1])
+        med = {k: statistics.median(v) if v else 0.0 for k, v in times.items()}
+        print(
+            f"{width:>5}x{height:<4} {med['base']:>8.1f} {med['model']:>9.1f} "
+            f"{med['model'] / med['base']:>6.2f} {med['find']:>9.1f} {med['decide']:>9.1f}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.compare is not None:
+        compare_packages(args.compare, Path(args.model), args.video, max(1, args.rounds // 2))
+        return
     backends = [b for b in args.backend if b != "openvino" or importlib.util.find_spec("openvino")]
     skipped = sorted(set(args.backend) - set(backends))
     with tempfile.TemporaryDirectory() as tmp:

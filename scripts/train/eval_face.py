@@ -19,12 +19,12 @@ probability alone compares with face score x class probability (average precisio
 cost per frame on one thread (OpenCV and onnxruntime), for the val images and for a frame of
 camera size. Runs in ``.venv`` (no torch)::
 
-    nice .venv/bin/python scripts/train/eval_face.py [--models models/face] [--json out.json]
+    nice .venv/bin/python scripts/train/eval_face.py [--models DIR] [--json out.json]
 
 Targets (the model issue): unmasked face recall >= 0.85 at precision >= 0.90, and >= 0.80
 recall in every size bucket above 32 px. Measured with the committed models (2026-12-06):
 met for faces >= 32 px at confidence 0.6 (recall 0.93, precision 0.90); not for all faces
-(precision 0.90 from 0.76 on, recall 0.74 there). See ``models/face/MODEL_CARD.md``.
+(precision 0.90 from 0.76 on, recall 0.74 there). See ``models/default/face/MODEL_CARD.md``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from agent.detect.face import (  # noqa: E402
 )
 
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "facemask"
-DEFAULT_MODELS = REPO / "models" / "face"
+DEFAULT_MODELS = REPO / "models" / "default" / "face"
 SOURCE = "facemask"
 MATCH_IOU = 0.3
 THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # on the stage's confidence

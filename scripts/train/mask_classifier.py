@@ -46,7 +46,7 @@ weights.
 
 Run it from ``.venv-train`` (CPU, a few minutes)::
 
-    nice .venv-train/bin/python scripts/train/mask_classifier.py --out models/face
+    nice .venv-train/bin/python scripts/train/mask_classifier.py --out models/default/face
 
 It writes ``mask_classifier.onnx`` (opset 17, dynamic batch, input ``crops`` NCHW float32 RGB
 0..1, output ``probabilities``), ``mask_classifier.json`` (labels, input size, margin, val
@@ -92,7 +92,7 @@ SHARED = REPO.parent / "shared"
 DEFAULT_DATA = SHARED / "datasets" / "facemask"
 DEFAULT_YUNET = SHARED / "weights" / "yunet" / YUNET_FILE
 WEIGHTS_README = SHARED / "weights" / "README.md"
-DEFAULT_OUT = REPO / "models" / "face"
+DEFAULT_OUT = REPO / "models" / "default" / "face"
 SOURCE = "facemask"  # split_of's source name, as in scripts/train/prepare_data.py
 
 #: Source class name -> classifier class.
