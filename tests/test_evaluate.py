@@ -662,3 +662,27 @@ def test_cli_tiles_option_is_checked(package_dir: Path, yolo_dataset: Path) -> N
         result = runner.invoke(app, [*args, "--tiles", bad])
         assert result.exit_code == 2, bad
         assert "--tiles" in result.output
+
+
+FACEMASK_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "facemask"
+DEFAULT_PACKAGE = Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+@pytest.mark.skipif(not FACEMASK_DATA.is_dir(), reason="needs ../shared/datasets/facemask")
+def test_model_eval_scores_the_stages_it_is_told_to() -> None:
+    """--stage all runs the package's face stage (reported as detector+face) and finds at
+    least the faces the detector alone finds on the same pictures; --stage detector does not
+    run it; another value is refused."""
+    runner = CliRunner()
+    base = ["model", "eval", "--data", str(FACEMASK_DATA), "--limit", "12", "--json"]
+    base += ["--model", str(DEFAULT_PACKAGE), "--threads", "1"]
+    combined = json.loads(runner.invoke(app, [*base, "--stage", "all"]).stdout)
+    alone = json.loads(runner.invoke(app, [*base, "--stage", "detector"]).stdout)
+    assert combined["stage"] == "detector+face"
+    assert alone["stage"] == "detector"
+    faces = {c["label"]: c for c in combined["classes"]}
+    plain = {c["label"]: c for c in alone["classes"]}
+    assert faces["face_no_mask"]["gt"] == plain["face_no_mask"]["gt"] > 0
+    assert faces["face_no_mask"]["tp"] >= plain["face_no_mask"]["tp"]
+    refused = runner.invoke(app, [*base, "--stage", "face"])
+    assert refused.exit_code == 2

@@ -109,6 +109,13 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
             "get twice the pixels, inference costs 4x)."
         ),
     ] = "1x1",
+    stage: Annotated[
+        str,
+        typer.Option(
+            help="What to score: 'all' (the detector with the package's further stages, as the "
+            "agent runs it) or 'detector' (the detector alone).",
+        ),
+    ] = "all",
     per_source: Annotated[
         bool,
         typer.Option(
@@ -120,7 +127,9 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
 ) -> None:
     """Score the model on a labelled dataset: precision, recall and AP50 per class and type.
 
-    Every image goes through the agent's own detector (onnxruntime or OpenVINO).
+    Every image goes through the agent's own detector (onnxruntime or OpenVINO), with the
+    package's further stages (the face-first mask check) unless --stage detector.
+    In the merged training set, each picture is scored on the labels its source labels.
     Precision and recall are at each class's threshold from the model's manifest.
     Recall is also given per object size (sqrt(w*h) of the ground-truth box in image
     pixels: <16, 16-32, 32-64, 64-128, >=128 px; --json: size_buckets).
@@ -143,6 +152,9 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
         typer.echo(f"\r{done}/{total} images", nl=done == total, err=True)
 
     view = _parse_tiles(tiles)
+    if stage not in ("all", "detector"):
+        typer.echo(f"error: --stage must be 'all' or 'detector', not {stage!r}", err=True)
+        raise typer.Exit(2)
     try:
         model_path, backend, nms_iou = _eval_model_path(model, config)
         dataset = load_dataset(data, split=split, limit=limit, ignore_unknown=ignore_unknown)
@@ -154,6 +166,7 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
             conf_threshold=0.001,  # AP needs the whole curve; thresholds are applied after
             iou_threshold=nms_iou,
             max_detections=300,
+            stages=stage != "detector",
         )
         report = evaluate(
             detector,
@@ -165,6 +178,7 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
             progress=progress if sys.stderr.isatty() else None,
             view=None if view.is_whole else view,
             per_source=per_source,
+            stage="+".join(["detector", *sorted(package.stages)]) if stage != "detector" else stage,
         )
     except AgentError as exc:
         fail(exc)

@@ -177,8 +177,12 @@ class Detector:
         conf_threshold: float = 0.25,
         iou_threshold: float = 0.45,
         max_detections: int = 100,
+        stages: bool = True,
     ) -> None:
         """Load the package's ONNX file with ``backend`` and check it against the manifest.
+
+        ``stages=False`` runs the detector alone even when the package has further stages
+        (``model eval --stage detector`` scores it that way).
 
         Raises:
             ModelError: unknown or missing backend, the ONNX file cannot be loaded, or its input
@@ -206,7 +210,7 @@ class Detector:
         self._batch_size = self._check_input()
         self._transposed = self._check_output()
         self._canvas = np.empty((self._height, self._width, 3), dtype=np.uint8)
-        face = package.stages.get("face")
+        face = package.stages.get("face") if stages else None
         self._faces = (
             FaceMaskStage.from_dir(face.path, threads=threads, **face.options)
             if face is not None
