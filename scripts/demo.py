@@ -1,9 +1,11 @@
 """The demo: the agent's main job on embedded defaults, with everything it talks to on loopback.
 
-Starts a local mosquitto on a free loopback port and a local RTSP camera streaming the
-shared kitchen clip (or ``--source``), runs ``mclz-agent run`` with ``configs/demo.yaml``
-for a bounded time (or until Ctrl-C), and prints what arrives on the broker as it comes:
-availability, camera status, heartbeats and alerts, with where the evidence files are.
+Starts a local mosquitto on a free loopback port and a local RTSP server with three cameras:
+the shared kitchen clip (or ``--source``), a counter and the pass (出餐口, a close camera),
+the last two built from held-out facemask pictures (see :func:`counter_clip` and
+:func:`pass_clip`). Runs ``mclz-agent run`` with ``configs/demo.yaml`` for a bounded time (or
+until Ctrl-C), and prints what arrives on the broker as it comes: availability, camera
+status, heartbeats and alerts, with where the evidence files are.
 Run it through ``./scripts/demo``, which installs what is missing first.
 """
 
@@ -22,7 +24,15 @@ from typing import Any
 import yaml
 
 from mclz_testkit.broker import Broker
-from mclz_testkit.clips import held_out_faces, make_picture_clip
+from mclz_testkit.clips import (
+    Picture,
+    close_up_picture,
+    held_out_faces,
+    held_out_groups,
+    make_picture_clip,
+    make_sequence_clip,
+    take_mask_off,
+)
 from mclz_testkit.mqtt import MqttCollector, MqttMessage
 from mclz_testkit.rtsp import RtspServer
 
@@ -38,6 +48,8 @@ def parse_args() -> argparse.Namespace:
         default=str(DEFAULT_SOURCE),
         help="a video file (served over RTSP on loopback) or an rtsp:// URL (default: %(default)s)",
     )
+    # 75 s shows all of the pass clip (66 s from when the agent connects, 1-5 s in; its last
+    # alert ends at 64 s) and two or three counter alerts.
     parser.add_argument("--duration", type=float, default=75.0, help="seconds to run (default 75)")
     parser.add_argument("--model", type=Path, default=None, help="model package directory")
     parser.add_argument(
@@ -105,16 +117,71 @@ def counter_clip(output: Path) -> Path | None:
     return make_picture_clip(output / "counter.mp4", [*bare, *masked], hold=6.0)
 
 
+PASS_SIZE = (1280, 720)
+#: The close-up's face height in the 1280x720 pass picture: someone leaning over the pass.
+CLOSE_UP_FACE_PX = 400
+#: The group case: (masked, one mask off) seconds, repeated. Each 4-s unmasking is seen in
+#: about 8 frames at the pass camera's 0.5 s, well over min_duration (2 s in demo.yaml).
+GROUP_MASKED_S, GROUP_UNMASKED_S, GROUP_ROUNDS = 8.0, 4.0, 4
+#: The group masked again at the end, longer than end_after (2 s): the last unmasking's
+#: alert ends before the clip starts over with the unmasked close-up (else they merge).
+GROUP_TAIL_S = 4.0
+
+
+def pass_clip(output: Path) -> Path | None:
+    """The pass camera's 1280x720 clip, 66 s, from held-out facemask pictures (ground truth only).
+
+    A close-up of one unmasked face (400 px tall) for 8 s, then a masked one for 6 s; then
+    the group case: a picture of several people all wearing masks (the held-out one with most
+    faces, each at least 32 px tall) for 8 s, and the same picture with one mask taken off
+    (an unmasked held-out face pasted over the largest face that overlaps no other) for 4 s,
+    four times, and the group masked for 4 s more. Expected: one no_mask alert for the
+    close-up and one per unmasking (each at 0.83 on the default model, threshold 0.65).
+
+    None when ``../shared/datasets/facemask`` is not there.
+    """
+    bare = held_out_faces({"without_mask"})
+    masked = held_out_faces({"with_mask"})
+    groups = held_out_groups()
+    if not bare or not masked or not groups:
+        return None
+    folder = output / "pass"
+    folder.mkdir(parents=True, exist_ok=True)
+    width, height = PASS_SIZE
+    close_bare = close_up_picture(
+        bare[0], folder / "close_up_bare.jpg", CLOSE_UP_FACE_PX, width=width, height=height
+    )
+    close_masked = close_up_picture(
+        masked[0], folder / "close_up_masked.jpg", CLOSE_UP_FACE_PX, width=width, height=height
+    )
+    unmasked, _box = take_mask_off(groups[0], bare[0])
+    segments: list[tuple[Picture, float]] = [(close_bare, 8.0), (close_masked, 6.0)]
+    for _ in range(GROUP_ROUNDS):
+        segments += [(groups[0], GROUP_MASKED_S), (unmasked, GROUP_UNMASKED_S)]
+    segments.append((groups[0], GROUP_TAIL_S))
+    return make_sequence_clip(output / "pass.mp4", segments, width=width, height=height)
+
+
 def write_config(
-    output: Path, broker: Broker, camera_url: str, counter_url: str | None, model: Path | None
+    output: Path,
+    broker: Broker,
+    camera_url: str,
+    extra_urls: dict[str, str | None],
+    model: Path | None,
 ) -> Path:
+    """The demo's agent.yaml: configs/demo.yaml with the local services' URLs and folders.
+
+    ``extra_urls`` maps a camera id of demo.yaml (counter-1, pass-1) to its URL, or to None
+    to drop the camera (its clip could not be built).
+    """
     data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     data["mqtt"]["url"] = broker.url
     data["cameras"]["kitchen-1"]["url"] = camera_url
-    if counter_url is None:
-        del data["cameras"]["counter-1"]
-    else:
-        data["cameras"]["counter-1"]["url"] = counter_url
+    for camera, url in extra_urls.items():
+        if url is None:
+            del data["cameras"][camera]
+        else:
+            data["cameras"][camera]["url"] = url
     data["storage"]["state_dir"] = str(output / "state")
     data["alarm"]["sounder"]["directory"] = str(output / "alarms")  # what the kitchen hears
     data["model"]["path"] = str(model if model is not None else REPO / "models" / "default")
@@ -153,10 +220,16 @@ def main() -> int:
         counter = counter_clip(output)
         if counter is not None:
             mounts["/counter"] = counter
+        at_pass = pass_clip(output)
+        if at_pass is not None:
+            mounts["/pass"] = at_pass
         rtsp = RtspServer(mounts, loop=True).start()
         camera_url = rtsp.url("/kitchen")
-    counter_url = rtsp.url("/counter") if rtsp is not None and "/counter" in rtsp.mounts else None
-    config = write_config(output, broker, camera_url, counter_url, args.model)
+    extra_urls = {
+        camera: rtsp.url(mount) if rtsp is not None and mount in rtsp.mounts else None
+        for camera, mount in (("counter-1", "/counter"), ("pass-1", "/pass"))
+    }
+    config = write_config(output, broker, camera_url, extra_urls, args.model)
     cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
     ident = cfg["identity"]
     root = f"mclz/{ident['city']}/{ident['school_id']}/{ident['box_id']}"
@@ -164,8 +237,16 @@ def main() -> int:
     log_path = output / "agent.log"
     print(f"broker   {broker.url}   (subscribed to {root}/#)")
     print(f"camera   {camera_url}   ({args.source})")
-    if counter_url is not None:
-        print(f"camera   {counter_url}   (held-out facemask pictures: without, then with a mask)")
+    if extra_urls["counter-1"] is not None:
+        print(
+            f"camera   {extra_urls['counter-1']}   "
+            "(held-out facemask pictures: without, then with a mask)"
+        )
+    if extra_urls["pass-1"] is not None:
+        print(
+            f"camera   {extra_urls['pass-1']}   (1280x720 at the pass: an unmasked close-up, a "
+            "masked one, then a masked group with one mask off for 4 s, four times)"
+        )
     print(f"agent    mclz-agent run --config {config}   (log: {log_path})")
     print(f"running for {args.duration:.0f} s; Ctrl-C stops earlier\n")
 
@@ -251,7 +332,13 @@ def summarize(
         for body in (json.loads(m.payload) for m in messages if m.topic == f"{root}/alert")
         if body["event"] == "start"
     ]
+    per_camera: dict[str, int] = {}
+    for alert in alerts:
+        key = f"{alert['camera']} {alert['type']}"
+        per_camera[key] = per_camera.get(key, 0) + 1
     print(f"\n== alerts: {len(alerts)}")
+    if per_camera:
+        print("  " + ", ".join(f"{key}: {n}" for key, n in sorted(per_camera.items())))
     evidence = sorted((output / "state" / "evidence").rglob("*.jpg"))
     by_id = {p.stem: p for p in evidence}
     for alert in alerts:

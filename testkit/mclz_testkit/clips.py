@@ -168,9 +168,176 @@ def held_out_faces(classes: set[str], *, min_height: float = 0.25) -> list[Path]
     return chosen
 
 
+Picture = Image | Path
+"""A picture for a clip: an image array (BGR) or a file OpenCV can read."""
+PixelBox = tuple[float, float, float, float]
+"""x1, y1, x2, y2 in the picture's pixels."""
+LETTERBOX_GREY = 60
+
+
+def annotated_faces(picture: Path) -> list[tuple[str, PixelBox]]:
+    """The faces annotated on a facemask picture: (class, box), in the annotation's order."""
+    root = ET.parse(FACEMASK / "annotations" / f"{picture.stem}.xml").getroot()  # noqa: S314
+    faces = []
+    for obj in root.findall("object"):
+        box = obj.find("bndbox")
+        if box is None:
+            continue
+        x1, y1, x2, y2 = (float(box.findtext(k) or 0) for k in ("xmin", "ymin", "xmax", "ymax"))
+        faces.append((obj.findtext("name") or "", (x1, y1, x2, y2)))
+    return faces
+
+
+def held_out_groups(*, min_faces: int = 3, min_face_px: float = 32.0) -> list[Path]:
+    """Held-out facemask pictures of a group all wearing masks: at least ``min_faces`` faces,
+    every one ``with_mask`` and at least ``min_face_px`` tall; most faces first, then by name.
+
+    Chosen by ground truth only. Empty when ``../shared/datasets/facemask`` is absent.
+    """
+    chosen = []
+    for xml_path in sorted((FACEMASK / "annotations").glob("*.xml")):
+        if split_of("facemask", xml_path.stem) != "val":
+            continue
+        picture = FACEMASK / "images" / f"{xml_path.stem}.jpg"
+        faces = annotated_faces(picture)
+        if (
+            len(faces) >= min_faces
+            and all(name == "with_mask" for name, _ in faces)
+            and all(box[3] - box[1] >= min_face_px for _, box in faces)
+        ):
+            chosen.append((-len(faces), picture.name, picture))
+    return [picture for _, _, picture in sorted(chosen)]
+
+
+def read_picture(picture: Picture) -> Image:
+    """The picture as a BGR uint8 array.
+
+    Raises:
+        ValueError: a file cannot be read, or an array is not HxWx3 uint8.
+    """
+    if isinstance(picture, Path):
+        image = cv2.imread(str(picture))
+        if image is None:
+            raise ValueError(f"{picture}: cannot read the picture")
+        return np.asarray(image, dtype=np.uint8)
+    if picture.ndim != 3 or picture.shape[2] != 3 or picture.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 picture, got {picture.shape} {picture.dtype}")
+    return picture
+
+
+def close_up_picture(
+    picture: Path, out: Path, face_px: float, *, width: int = 1280, height: int = 720
+) -> Path:
+    """A ``width`` x ``height`` close-up of a facemask picture's first annotated face, scaled
+    so the face is ``face_px`` tall and centred, as a camera at the pass sees one person;
+    what lies beyond the picture is letterbox grey. Written to ``out``; returns ``out``.
+
+    Raises:
+        ValueError: the picture cannot be read or has no annotated face.
+    """
+    faces = annotated_faces(picture)
+    if not faces:
+        raise ValueError(f"{picture}: no annotated face")
+    x1, y1, x2, y2 = faces[0][1]
+    scale = face_px / max(y2 - y1, 1.0)
+    # Picture pixel (x, y) goes to (x * scale + tx, y * scale + ty): the face's centre to the
+    # frame's centre. One affine warp crops, scales and pads in one step.
+    tx = width / 2 - scale * (x1 + x2) / 2
+    ty = height / 2 - scale * (y1 + y2) / 2
+    matrix = np.array([[scale, 0.0, tx], [0.0, scale, ty]], dtype=np.float64)
+    image = read_picture(picture)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    close = cv2.warpAffine(
+        image,
+        matrix,
+        (width, height),
+        flags=interpolation,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(LETTERBOX_GREY,) * 3,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), close)
+    return out
+
+
+def paste_face(
+    image: Image, box: PixelBox, face: Image, face_box: PixelBox, *, pad: float = 0.15
+) -> Image:
+    """A copy of ``image`` with the face at ``face_box`` of picture ``face`` pasted over
+    ``box`` (resized to it), blended in with soft edges: someone's mask taken off.
+
+    Both boxes grow by ``pad`` of their size on each side; the pasted patch is opaque over
+    ``box`` and fades out across the pad, so no seam shows and the whole box is covered.
+    """
+    height, width = image.shape[:2]
+    x1, y1, x2, y2 = box
+    bw, bh = x2 - x1, y2 - y1
+    tx0, ty0 = max(0, round(x1 - pad * bw)), max(0, round(y1 - pad * bh))
+    tx1, ty1 = min(width, round(x2 + pad * bw)), min(height, round(y2 + pad * bh))
+    # Scale the face's picture so its box has the target box's size (area averaging when
+    # shrinking: no aliasing), then shift it so box lands on box.
+    fx1, fy1, fx2, fy2 = face_box
+    kx, ky = bw / (fx2 - fx1), bh / (fy2 - fy1)
+    fh, fw = face.shape[:2]
+    size = (max(1, round(fw * kx)), max(1, round(fh * ky)))
+    shrink = kx * ky < 1
+    scaled = cv2.resize(face, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    kx, ky = size[0] / fw, size[1] / fh  # as rounded
+    matrix = np.array([[1.0, 0.0, x1 - fx1 * kx - tx0], [0.0, 1.0, y1 - fy1 * ky - ty0]])
+    patch = cv2.warpAffine(
+        scaled,
+        matrix,
+        (tx1 - tx0, ty1 - ty0),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    # Opacity: 1 over the box, falling linearly to 0 at the padded region's edge.
+    ys = np.arange(ty0, ty1, dtype=np.float32)[:, None] + 0.5
+    xs = np.arange(tx0, tx1, dtype=np.float32)[None, :] + 0.5
+    edge_x = np.minimum(xs - (x1 - pad * bw), (x2 + pad * bw) - xs) / max(pad * bw, 1.0)
+    edge_y = np.minimum(ys - (y1 - pad * bh), (y2 + pad * bh) - ys) / max(pad * bh, 1.0)
+    alpha = np.clip(np.minimum(edge_x, edge_y), 0.0, 1.0)[..., None]
+    out: Image = image.copy()
+    region = out[ty0:ty1, tx0:tx1].astype(np.float32)
+    blended = alpha * patch.astype(np.float32) + (1 - alpha) * region
+    out[ty0:ty1, tx0:tx1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def _overlap(a: PixelBox, b: PixelBox) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def take_mask_off(group: Path, bare: Path) -> tuple[Image, PixelBox]:
+    """The ``group`` picture with one mask taken off: ``bare``'s first annotated face pasted
+    (:func:`paste_face`) over the largest annotated face that overlaps no other face's box
+    (the paste then hides no one else). Returns the picture and the box it changed.
+
+    Chosen by ground truth only.
+
+    Raises:
+        ValueError: a picture cannot be read, ``bare`` has no annotated face, or every face of
+            ``group`` overlaps another.
+    """
+    faces = [box for _, box in annotated_faces(group)]
+    alone = [
+        b
+        for i, b in enumerate(faces)
+        if not any(_overlap(b, o) for o in faces[:i] + faces[i + 1 :])
+    ]
+    bare_faces = annotated_faces(bare)
+    if not alone or not bare_faces:
+        raise ValueError(f"{group} or {bare}: no face to take the mask off or to paste")
+    box = max(alone, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+    unmasked = paste_face(read_picture(group), box, read_picture(bare), bare_faces[0][1])
+    return unmasked, box
+
+
 def _letterbox(image: Image, width: int, height: int) -> Image:
-    canvas = np.full((height, width, 3), 60, np.uint8)
+    canvas = np.full((height, width, 3), LETTERBOX_GREY, np.uint8)
     h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image
     scale = min(width / w, height / h)
     size = (round(w * scale), round(h * scale))
     resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
@@ -179,17 +346,16 @@ def _letterbox(image: Image, width: int, height: int) -> Image:
     return canvas
 
 
-def make_picture_clip(
+def make_sequence_clip(
     path: Path,
-    pictures: Sequence[Path],
+    segments: Sequence[tuple[Picture, float]],
     *,
-    hold: float,
     width: int = 640,
     height: int = 360,
     fps: int = 5,
 ) -> Path:
-    """An H.264 clip showing each picture (letterboxed) for ``hold`` seconds, a keyframe
-    every second, like a camera looking at a counter where people stop one after another.
+    """An H.264 clip showing each (picture, seconds) in turn, letterboxed to ``width`` x
+    ``height``, a keyframe every second and no B-frames, like a camera; returns ``path``.
 
     Raises:
         ValueError: a picture cannot be read.
@@ -207,15 +373,32 @@ def make_picture_clip(
         )
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         index = 0
-        for picture in pictures:
-            image = cv2.imread(str(picture))
-            if image is None:
-                raise ValueError(f"{picture}: cannot read the picture")
-            boxed = _letterbox(np.asarray(image, dtype=np.uint8), width, height)
-            for _ in range(max(1, round(hold * fps))):
+        for picture, seconds in segments:
+            boxed = _letterbox(read_picture(picture), width, height)
+            for _ in range(max(1, round(seconds * fps))):
                 frame = av.VideoFrame.from_ndarray(boxed, format="bgr24").reformat(format="yuv420p")
                 frame.pts, frame.time_base = index, Fraction(1, fps)
                 container.mux(stream.encode(frame))
                 index += 1
         container.mux(stream.encode(None))
     return path
+
+
+def make_picture_clip(
+    path: Path,
+    pictures: Sequence[Path],
+    *,
+    hold: float,
+    width: int = 640,
+    height: int = 360,
+    fps: int = 5,
+) -> Path:
+    """An H.264 clip showing each picture (letterboxed) for ``hold`` seconds, a keyframe
+    every second, like a camera looking at a counter where people stop one after another.
+
+    Raises:
+        ValueError: a picture cannot be read.
+    """
+    return make_sequence_clip(
+        path, [(p, hold) for p in pictures], width=width, height=height, fps=fps
+    )
