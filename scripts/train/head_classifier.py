@@ -84,6 +84,7 @@ from mask_classifier import (  # noqa: E402 - next to this script: the same mode
     Recipe,
     _sha256,
     build_model,
+    camera_degrade,
     export,
     predict,
 )
@@ -275,38 +276,7 @@ def augment(
         low = int(rng.integers(8, 33))
         crop = cv2.resize(crop, (low, low), interpolation=cv2.INTER_AREA)
         crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
-    if rng.random() < 0.3:  # focus or motion blur
-        if rng.random() < 0.5:
-            crop = cv2.GaussianBlur(crop, (0, 0), float(rng.uniform(0.5, 1.6)))
-        else:
-            length = int(rng.integers(3, 8))
-            kernel: Any = np.zeros((length, length), np.float32)
-            kernel[length // 2, :] = 1.0 / length
-            rotation = cv2.getRotationMatrix2D(
-                (length / 2 - 0.5, length / 2 - 0.5), float(rng.uniform(0, 180)), 1.0
-            )
-            kernel = cv2.warpAffine(kernel, rotation, (length, length))
-            kernel /= max(float(kernel.sum()), 1e-6)
-            crop = cv2.filter2D(crop, -1, kernel)
-    pixels = crop.astype(np.float32) / 255.0
-    if rng.random() < 0.6:  # exposure, gamma (low light), contrast
-        pixels = np.power(pixels, rng.uniform(0.6, 2.2)) * rng.uniform(0.35, 1.25)
-        mean = pixels.mean()
-        pixels = (pixels - mean) * rng.uniform(0.7, 1.3) + mean
-    if rng.random() < 0.3:  # warm or cold light
-        pixels = pixels * rng.uniform(0.85, 1.15, size=3).astype(np.float32)
-    if rng.random() < 0.4:  # sensor noise
-        pixels = pixels + rng.normal(0.0, rng.uniform(0.01, 0.05), pixels.shape).astype(np.float32)
-    crop = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if rng.random() < 0.5:  # the camera's and the uplink's JPEG
-        quality = int(rng.integers(20, 81))
-        ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if ok:
-            crop = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
-    if rng.random() < 0.15:  # night mode, grey cameras
-        grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
-        crop = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-    return np.ascontiguousarray(crop, dtype=np.uint8)
+    return camera_degrade(crop, rng)
 
 
 # --------------------------------------------------------------------------- metrics

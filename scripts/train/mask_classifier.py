@@ -241,6 +241,12 @@ def augment(
         low = int(rng.integers(10, 33))
         crop = cv2.resize(crop, (low, low), interpolation=cv2.INTER_AREA)
         crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
+    return camera_degrade(crop, rng)
+
+
+def camera_degrade(crop: Any, rng: np.random.Generator) -> npt.NDArray[np.uint8]:
+    """What a kitchen camera and its uplink do to a crop: blur, exposure and low light,
+    colour cast, sensor noise, JPEG, grey night mode (shared with head_classifier.py)."""
     if rng.random() < 0.3:  # focus or motion blur
         if rng.random() < 0.5:
             crop = cv2.GaussianBlur(crop, (0, 0), float(rng.uniform(0.5, 1.6)))
