@@ -24,6 +24,7 @@ from agent.detect.datasets import AGENT_LABELS, split_of
 from agent.detect.face import (
     CLASSIFIER_FILE,
     META_FILE,
+    YUNET_DYNAMIC_FILE,
     YUNET_FILE,
     FaceDetector,
     FaceMaskStage,
@@ -214,6 +215,51 @@ def test_out_of_range_settings_are_refused(setting: dict[str, float]) -> None:
         FaceDetector(MODELS / YUNET_FILE, **setting)  # type: ignore[arg-type]
 
 
+# --------------------------------------------------------------------------- backends
+
+
+@needs_data
+def test_onnxruntime_and_opencv_find_the_same_faces() -> None:
+    """YuNet run by onnxruntime (free input size, decoded here) gives OpenCV's faces: same
+    boxes within 0.5 px and scores within 1e-3, on held-out pictures at native size and on a
+    1280x720 close-up (upscaled and shrunk passes both used)."""
+    options = {"upscale": 2.0, "max_upscaled_pixels": 500_000, "max_pixels": 350_000}
+    opencv = FaceDetector(MODELS / YUNET_FILE, backend="opencv", **options)  # type: ignore[arg-type]
+    fast = FaceDetector(MODELS / YUNET_DYNAMIC_FILE, backend="onnxruntime", **options)  # type: ignore[arg-type]
+    picture, face = held_out_face(UNMASKED)
+    frames = [picture, held_out_face(MASKED)[0], close_up(picture, face)[0]]
+    compared = 0
+    for frame in frames:
+        expected, got = opencv.detect(frame), fast.detect(frame)
+        assert len(got) == len(expected) >= 1
+        for a, b in zip(expected, got, strict=True):
+            assert max(abs(x - y) for x, y in zip(a.box, b.box, strict=True)) < 0.5
+            assert abs(a.score - b.score) < 1e-3
+            compared += 1
+    assert compared >= 3
+
+
+def test_default_face_folder_runs_yunet_with_onnxruntime() -> None:
+    """The shipped face folder names YuNet with free input size, so the stage runs it with
+    onnxruntime; backend="opencv" still runs the original file."""
+    assert FaceMaskStage.from_dir(MODELS).detector.backend == "onnxruntime"
+    opencv = FaceMaskStage.from_dir(MODELS, backend="opencv").detector
+    assert (opencv.backend, opencv.path.name) == ("opencv", YUNET_FILE)
+
+
+def test_fixed_size_yunet_is_refused_by_onnxruntime_naming_the_fix() -> None:
+    """The original 640x640 YuNet given to the onnxruntime backend raises ModelError naming
+    the file and the script that makes a runnable copy."""
+    with pytest.raises(ModelError, match=r"yunet_n_640_640\.onnx.*yunet_dynamic\.py"):
+        FaceDetector(MODELS / YUNET_FILE, backend="onnxruntime")
+
+
+def test_unknown_face_backend_is_refused() -> None:
+    """A backend name other than onnxruntime / opencv raises ValueError naming both."""
+    with pytest.raises(ValueError, match="onnxruntime, opencv"):
+        FaceDetector(MODELS / YUNET_FILE, backend="tensorrt")
+
+
 # --------------------------------------------------------------------------- bad model files
 
 
@@ -231,13 +277,19 @@ def test_corrupt_classifier_in_model_folder_is_refused_naming_the_file(tmp_path:
     assert "sha256" in str(caught.value)
 
 
-def test_missing_face_detector_in_model_folder_is_refused_naming_the_file(tmp_path: Path) -> None:
-    """A model folder without its YuNet file raises ModelError with the file's path."""
+@pytest.mark.parametrize(
+    ("backend", "name"), [("auto", YUNET_DYNAMIC_FILE), ("opencv", YUNET_FILE)]
+)
+def test_missing_face_detector_in_model_folder_is_refused_naming_the_file(
+    tmp_path: Path, backend: str, name: str
+) -> None:
+    """A model folder without the YuNet file its backend runs raises ModelError with the
+    file's path."""
     folder = tmp_path / "face"
     shutil.copytree(MODELS, folder)
-    (folder / YUNET_FILE).unlink()
-    with pytest.raises(ModelError, match=re.escape(str(folder / YUNET_FILE))):
-        FaceMaskStage.from_dir(folder)
+    (folder / name).unlink()
+    with pytest.raises(ModelError, match=re.escape(str(folder / name))):
+        FaceMaskStage.from_dir(folder, backend=backend)
 
 
 def test_missing_description_is_refused_naming_the_file(tmp_path: Path) -> None:

@@ -18,6 +18,9 @@ Steps (run from ``.venv-train``, which has ultralytics)::
 
 ``--verify-only models/<name>`` runs step 5 alone (it needs only onnxruntime and cv2).
 ``--openvino`` also writes OpenVINO IR next to the ONNX file (needs ``openvino`` installed).
+``--face-stage DIR`` copies a face stage (YuNet + mask classifier, as ``models/default/face``)
+into the package and lists it in the manifest's ``stages`` (format ``mclz-model/2``), with the
+options ``--face-options`` gives (default: those the shipped package was tuned with).
 """
 
 from __future__ import annotations
@@ -41,15 +44,55 @@ os.environ.setdefault("MPLCONFIGDIR", str(REPO / ".yolo" / "matplotlib"))  # not
 DEFAULT_VIDEO = REPO.parent / "shared" / "videos" / "bareheaded_people_indoor.mp4"
 MAIN_PYTHON = REPO / ".venv" / "bin" / "python"
 OPSET = 17
-LICENSE = (
+_ORIGIN_SCRATCH = (
     "Weights: trained from scratch by the mclz-agent project (no pretrained weights), with "
-    "Ultralytics YOLO11 (AGPL-3.0) code. Training data: 'Face Mask Detection' (andrewmvd, CC0 "
+    "Ultralytics YOLO11 (AGPL-3.0) code."
+)
+_ORIGIN_COCO = (
+    "Weights: fine-tuned by the mclz-agent project from the COCO-pretrained Ultralytics YOLO11n "
+    "(AGPL-3.0; rebuilt here from its int8 exports by scripts/train/rebuild_pretrained.py), "
+    "with Ultralytics YOLO11 (AGPL-3.0) code."
+)
+_DATA_LICENSE = (
+    " Training data: 'Face Mask Detection' (andrewmvd, CC0 "
     "1.0) and a relabelled SFCHD helmet/workwear subset (Huazhong University of Science and "
     "Technology; no licence stated upstream, used as research and evaluation data only). "
     "Check both before any commercial deployment; see models/default/MODEL_CARD.md."
 )
+_FACE_LICENSE = (
+    " Face stage: YuNet (OpenCV Zoo, Apache-2.0) and a mask classifier trained by the project"
+    " on face crops of the facemask data (see face/MODEL_CARD.md)."
+)
+#: The face stage's options in the shipped package (chosen on val, see the model card).
+FACE_OPTIONS: dict[str, Any] = {"upscale": 2.0, "max_upscaled_pixels": 500000, "max_pixels": 350000}
+#: Labels the face stage decides instead of the detector.
+FACE_REPLACES = ("face_mask", "face_no_mask")
 # Which labels are violations, and of which type (the rule names in configs/example.yaml).
 VIOLATIONS = {"face_no_mask": "no_mask", "head_bare": "no_hat", "person_no_uniform": "no_uniform"}
+
+
+def license_text(*, pretrained: bool, face_stage: bool) -> str:
+    """The manifest's licence line for a detector of that origin, with or without a face stage."""
+    origin = _ORIGIN_COCO if pretrained else _ORIGIN_SCRATCH
+    return origin + _DATA_LICENSE + (_FACE_LICENSE if face_stage else "")
+
+
+def _options(text: str) -> dict[str, Any]:
+    """Parse ``key=value,...`` face-stage options; numbers become int or float."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"{part!r}: expected key=value")
+        raw = value.strip()
+        try:
+            out[key.strip()] = int(raw)
+        except ValueError:
+            try:
+                out[key.strip()] = float(raw)
+            except ValueError:
+                out[key.strip()] = {"true": True, "false": False}.get(raw.lower(), raw)
+    return out
 
 
 def _thresholds(text: str) -> dict[str, float]:
@@ -144,7 +187,7 @@ def export(args: argparse.Namespace) -> Path:
     import torch  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415 - training venv only
     from ultralytics import YOLO  # noqa: PLC0415
 
-    from agent.detect.model import write_manifest  # noqa: PLC0415
+    from agent.detect.model import stage_entry, write_manifest  # noqa: PLC0415
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -190,6 +233,33 @@ def export(args: argparse.Namespace) -> Path:
             shutil.copytree(ov, out_dir / "openvino", dirs_exist_ok=True)
             print(f"export: OpenVINO IR in {out_dir / 'openvino'}")
 
+    stages: dict[str, dict[str, Any]] = {}
+    notes = NOTES
+    if args.face_stage:
+        source = args.face_stage.resolve()
+        target = out_dir / "face"
+        if source != target:
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
+        options = {**FACE_OPTIONS, **(args.face_options or {})}
+        stages["face"] = stage_entry(
+            out_dir,
+            "face",
+            replaces=FACE_REPLACES,
+            second_opinion=args.second_opinion,
+            options=options,
+        )
+        notes += (
+            " Face stage (stages.face): YuNet finds faces, a small CNN decides mask / no mask per"
+            " face crop, instead of the detector's face classes"
+            + (
+                " (the detector's faces the stage did not find are kept)."
+                if args.second_opinion
+                else "."
+            )
+        )
+        print(f"export: face stage from {source}, options {options}")
+    pretrained = str(train_args.get("model", "")).endswith(".pt")
     run_name = weights.parent.parent.name if weights.parent.name == "weights" else weights.stem
     version = args.version or f"{dt.date.today():%Y.%m.%d}-{run_name}-e{epochs_done}"
     manifest = write_manifest(
@@ -202,7 +272,8 @@ def export(args: argparse.Namespace) -> Path:
         input_height=imgsz,
         violations=VIOLATIONS,
         thresholds=args.thresholds or {},
-        license=LICENSE,
+        stages=stages or None,
+        license=license_text(pretrained=pretrained, face_stage=bool(stages)),
         training={
             "data": data,
             "model": str(train_args.get("model", "")),
@@ -216,7 +287,7 @@ def export(args: argparse.Namespace) -> Path:
             "metrics": metrics,
         },
         export={"opset": OPSET, "dynamic_batch": True, "simplified": "onnxslim"},
-        notes=NOTES,
+        notes=notes,
     )
     print(f"export: wrote {manifest}")
     print(json.dumps(metrics, indent=2))
@@ -285,6 +356,23 @@ def main(argv: list[str] | None = None) -> int:
         "--thresholds",
         type=_thresholds,
         help="default confidence per label for the manifest, e.g. head_bare=0.4,face_no_mask=0.4",
+    )
+    ap.add_argument(
+        "--face-stage",
+        type=Path,
+        metavar="DIR",
+        help="face stage folder to include (YuNet + mask classifier, e.g. models/default/face)",
+    )
+    ap.add_argument(
+        "--face-options",
+        type=_options,
+        help=f"face stage options over the defaults {FACE_OPTIONS}, e.g. upscale=1.5",
+    )
+    ap.add_argument(
+        "--second-opinion",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the detector's faces the face stage did not find (default on)",
     )
     ap.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads")
     ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="frame source for verify")

@@ -62,6 +62,7 @@ import hashlib
 import json
 import math
 import shutil
+import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -604,7 +605,12 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {onnx_path} ({params} parameters, {report['seconds']} s training), "
         f"{args.out / META_FILE}, {yunet_copy}"
     )
-    return 0
+    # The agent runs YuNet with onnxruntime from a copy with free input size; onnxruntime
+    # lives in the agent's venv, not here.
+    python = REPO / ".venv" / "bin" / "python"
+    script = Path(__file__).resolve().parent / "yunet_dynamic.py"
+    cmd = [str(python if python.exists() else sys.executable), str(script), str(args.out)]
+    return subprocess.run(cmd, check=False).returncode
 
 
 if __name__ == "__main__":
