@@ -30,6 +30,7 @@ from agent.detect.face import (
     FaceMaskStage,
     MaskClassifier,
     crop_face,
+    shrink,
 )
 from agent.errors import ModelError
 from agent.records import Detection
@@ -189,6 +190,19 @@ def test_large_faces_are_shrunk_without_aliasing() -> None:
     crop = crop_face(frame, (440.0, 160.0, 840.0, 560.0), size=64, margin=0.2)
     assert abs(float(crop.mean()) - 127.5) < 3
     assert float(crop.std()) < 10
+
+
+@pytest.mark.parametrize("size", [(960, 540), (788, 443), (640, 360), (480, 270)])
+def test_shrinking_a_frame_averages_fine_detail_away(size: tuple[int, int]) -> None:
+    """A 1080p frame of one-pixel stripes shrunk to half its size or less for YuNet's native
+    pass comes out the exact size asked and a flat mid-grey (area averaging first), not a
+    moire of black and white."""
+    frame = np.zeros((1080, 1920, 3), np.uint8)
+    frame[:, ::2] = 255
+    small = shrink(frame, size)
+    assert (small.shape[1], small.shape[0]) == size
+    assert abs(float(small.mean()) - 127.5) < 3
+    assert float(small.std()) < 10
 
 
 def test_upscaled_pass_is_capped_by_pixels() -> None:

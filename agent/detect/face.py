@@ -411,8 +411,7 @@ class FaceDetector:
         native = self.native_scale_for(width, height)
         if native < 1.0:
             size = (max(1, round(width * native)), max(1, round(height * native)))
-            small = cv2.resize(frame_bgr, size, interpolation=cv2.INTER_AREA)
-            rows = [self._run(np.asarray(small, dtype=np.uint8))]
+            rows = [self._run(shrink(frame_bgr, size))]
         else:
             rows = [self._run(frame_bgr)]
         scales = [native]
@@ -455,6 +454,27 @@ class FaceDetector:
             f"FaceDetector({self.path.name}, {self.backend}, score>={self.score_threshold}, "
             f"upscale={self.upscale}, max_upscaled_pixels={self.max_upscaled_pixels})"
         )
+
+
+def shrink(frame: UInt8Array, size: tuple[int, int]) -> UInt8Array:
+    """``frame`` made smaller to ``size`` (width, height) by area averaging, cheaply.
+
+    Area averaging at a non-integer factor costs 9.6 ms for a 1080p frame on one core (5.5 ms
+    for 720p); at exactly 1/2 it has a fast path. So a frame at least twice ``size`` is halved
+    by area averaging as often as it stays at least ``size`` (1080p to a third of a megapixel:
+    1.2 ms in all), and the rest, a factor above 1/2 of a picture already averaged, is
+    bilinear; a frame less than twice ``size`` is area-averaged in one step.
+    """
+    height, width = frame.shape[:2]
+    factor = 1
+    while width // (factor * 2) >= size[0] and height // (factor * 2) >= size[1]:
+        factor *= 2
+    if factor == 1:
+        return np.asarray(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+    out: Any = cv2.resize(frame, (width // factor, height // factor), interpolation=cv2.INTER_AREA)
+    if (out.shape[1], out.shape[0]) != size:
+        out = cv2.resize(out, size, interpolation=cv2.INTER_LINEAR)
+    return np.asarray(out, dtype=np.uint8)
 
 
 def _yunet_session(path: Path, threads: int) -> Any:
