@@ -259,7 +259,9 @@ def export(args: argparse.Namespace) -> Path:
             )
         )
         print(f"export: face stage from {source}, options {options}")
-    pretrained = str(train_args.get("model", "")).endswith(".pt")
+    # train.py passes pretrained=True exactly when it starts from a .pt (the COCO checkpoint);
+    # a resumed run's "model" is its own last.pt, so the flag, not the path, tells.
+    pretrained = bool(train_args.get("pretrained"))
     run_name = weights.parent.parent.name if weights.parent.name == "weights" else weights.stem
     version = args.version or f"{dt.date.today():%Y.%m.%d}-{run_name}-e{epochs_done}"
     manifest = write_manifest(

@@ -53,15 +53,19 @@ def read_rows(csv_path: Path) -> list[dict[str, float]]:
         ]
 
 
-def render(run_dir: Path) -> str:
-    """The markdown report of ``run_dir``."""
+def render(run_dir: Path, train_args: str = "") -> str:
+    """The markdown report of ``run_dir``; ``train_args`` are the run's further ``train.py``
+    options (``--model``, ``--partial-labels``: ultralytics' ``args.yaml`` of a resumed run
+    names its own ``last.pt`` as the model and knows nothing of the project's options)."""
     rows = read_rows(run_dir / "results.csv")
     args_path = run_dir / "args.yaml"
     args = yaml.safe_load(args_path.read_text(encoding="utf-8")) if args_path.is_file() else {}
     lines = [
         f"# Training report: `{run_dir.name}`",
         "",
-        f"Model `{args.get('model', '?')}` from scratch, imgsz {args.get('imgsz', '?')}, "
+        f"Model `{args.get('model', '?')}` "
+        f"{'fine-tuned from pretrained weights' if args.get('pretrained') else 'from scratch'}, "
+        f"imgsz {args.get('imgsz', '?')}, "
         f"batch {args.get('batch', '?')}, {args.get('epochs', '?')} epochs planned, "
         f"{len(rows)} done, device `{args.get('device') or 'cpu'}`.",
         "",
@@ -71,7 +75,8 @@ def render(run_dir: Path) -> str:
         "source scripts/train-env",
         ".venv-train/bin/python scripts/train/prepare_data.py",
         f"nohup nice -n 19 .venv-train/bin/python scripts/train/train.py --name {run_dir.name} "
-        f"--epochs {args.get('epochs', 100)} >> runs/train-{run_dir.name}.log 2>&1 &",
+        f"--epochs {args.get('epochs', 100)}{' ' + train_args if train_args else ''} "
+        f">> runs/train-{run_dir.name}.log 2>&1 &",
         f".venv-train/bin/python scripts/train/export_model.py runs/{run_dir.name}/weights/best.pt",
         "```",
         "",
@@ -94,11 +99,16 @@ def render(run_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="the run directory (holds results.csv)")
+    parser.add_argument(
+        "--train-args",
+        default="",
+        help="the run's further train.py options, e.g. '--model X.pt --partial-labels'",
+    )
     args = parser.parse_args(argv)
     if not (args.run / "results.csv").is_file():
         print(f"train_report: {args.run / 'results.csv'} not found", file=sys.stderr)
         return 2
-    sys.stdout.write(render(args.run))
+    sys.stdout.write(render(args.run, args.train_args))
     return 0
 
 
