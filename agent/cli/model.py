@@ -116,6 +116,13 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
             "agent runs it) or 'detector' (the detector alone).",
         ),
     ] = "all",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="Detector variant to score: 'auto' (the package's default_variant), 'fp32' "
+            "(its main file) or a variant it lists, such as 'int8'.",
+        ),
+    ] = "auto",
     per_source: Annotated[
         bool,
         typer.Option(
@@ -167,6 +174,7 @@ def model_eval(  # noqa: PLR0917 - typer passes each option by name
             iou_threshold=nms_iou,
             max_detections=300,
             stages=stage != "detector",
+            precision=precision,
         )
         report = evaluate(
             detector,

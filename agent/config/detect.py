@@ -17,6 +17,14 @@ class ModelConfig(ConfigModel):
     backend: Literal["onnxruntime", "openvino"] = Field(
         default="onnxruntime", description="inference backend"
     )
+    precision: str = Field(
+        default="auto",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        description=(
+            "which variant of the detector to run: auto (the package's default_variant),"
+            " fp32 (its main file) or a variant it lists, such as int8"
+        ),
+    )
     threads: int = Field(default=1, ge=1, le=64, description="intra-op threads for inference")
     conf_threshold: float = Field(
         default=0.25, ge=0.01, le=1, description="detections below this are discarded"

@@ -178,11 +178,14 @@ class Detector:
         iou_threshold: float = 0.45,
         max_detections: int = 100,
         stages: bool = True,
+        precision: str = "auto",
     ) -> None:
         """Load the package's ONNX file with ``backend`` and check it against the manifest.
 
         ``stages=False`` runs the detector alone even when the package has further stages
-        (``model eval --stage detector`` scores it that way).
+        (``model eval --stage detector`` scores it that way). ``precision`` picks the
+        detector's variant: ``auto`` the package's ``default_variant`` where it is meant for
+        ``backend``, ``fp32`` its main file, ``int8`` (or another name) that variant.
 
         Raises:
             ModelError: unknown or missing backend, the ONNX file cannot be loaded, or its input
@@ -206,7 +209,8 @@ class Detector:
         self._scale = package.scale
         self._rgb = package.color == "RGB"
         self._labels = package.labels
-        self._backend = make_backend(backend, package.onnx_path, threads)
+        self.variant = package.variant(precision, backend)
+        self._backend = make_backend(backend, self.variant.onnx_path, threads)
         self._batch_size = self._check_input()
         self._transposed = self._check_output()
         self._canvas = np.empty((self._height, self._width, 3), dtype=np.uint8)
@@ -219,9 +223,10 @@ class Detector:
         self._face_labels = frozenset(face.replaces) if face is not None else frozenset()
         self._second_opinion = face is not None and face.second_opinion
         logger.info(
-            "loaded model %s %s (%dx%d, %d labels) on %s with %d thread(s)",
+            "loaded model %s %s (%s, %dx%d, %d labels) on %s with %d thread(s)",
             package.name,
             package.version,
+            self.variant.name,
             self._width,
             self._height,
             len(self._labels),

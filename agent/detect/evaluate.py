@@ -526,7 +526,7 @@ def evaluate(
     report = EvalReport(
         dataset=str(dataset.root),
         layout=dataset.layout,
-        model=f"{package.name} {package.version}",
+        model=f"{package.name} {package.version} {detector.variant.name}",
         backend=detector.backend_name,
         images=done,
         iou=iou,

@@ -35,6 +35,23 @@ analysed frame. Today one kind, the face-first mask check (:mod:`agent.detect.fa
 The format is bumped so that an agent that does not know stages refuses the package instead
 of running it without them.
 
+Either format may carry ``variants``: the same detector in another numeric precision, each
+pinned by sha256, and ``default_variant``, the one the agent runs unless told otherwise
+(``model.precision`` in the config; ``fp32`` names the main ``file``)::
+
+    variants:
+      int8:
+        file: model.int8.onnx                 # static int8 (QDQ), scripts/train/quantize_model.py
+        sha256: <64 hex digits>
+        precision: int8
+        backends: [onnxruntime]               # where "auto" picks it (default: everywhere)
+        quantization: {...}                   # how it was made, free-form
+        eval: {...}                           # its accuracy against fp32, free-form
+    default_variant: int8
+
+An agent that does not know ``variants`` ignores them and runs the main file (fp32), so they
+need no new format.
+
 Nothing here loads the ONNX graph: :class:`agent.detect.detector.Detector` does.
 """
 
@@ -78,7 +95,13 @@ _REQUIRED_FIELDS: Final = (
     "output",
     "labels",
 )
-_RESERVED_FIELDS: Final = frozenset((*_REQUIRED_FIELDS, "violations", "thresholds", "stages"))
+_RESERVED_FIELDS: Final = frozenset(
+    (*_REQUIRED_FIELDS, "violations", "thresholds", "stages", "variants", "default_variant")
+)
+#: The main ``file`` of a package, as a variant name.
+MAIN_VARIANT: Final = "fp32"
+#: Numeric precisions a variant may declare.
+PRECISIONS: Final = ("fp32", "fp16", "int8")
 _TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -91,6 +114,17 @@ class Stage:
     replaces: tuple[str, ...]  # detector labels this stage decides instead
     second_opinion: bool  # keep the detector's detections of those labels the stage missed
     options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A verified variant of the detector (``variants.<name>``, or the main file as ``fp32``)."""
+
+    name: str
+    onnx_path: Path
+    sha256: str
+    precision: str
+    backends: tuple[str, ...] = ()  # where ``auto`` picks it; empty: every backend
 
 
 @dataclass(frozen=True)
@@ -109,6 +143,28 @@ class ModelPackage:
     violations: dict[str, str] = field(default_factory=dict)  # label -> violation type
     thresholds: dict[str, float] = field(default_factory=dict)  # label -> default confidence
     stages: dict[str, Stage] = field(default_factory=dict)  # kind -> verified stage
+    variants: dict[str, Variant] = field(default_factory=dict)  # name -> verified variant
+    default_variant: str = MAIN_VARIANT
+
+    def variant(self, precision: str = "auto", backend: str | None = None) -> Variant:
+        """The detector file to run: ``auto`` is ``default_variant`` (unless it names backends
+        and ``backend`` is not one of them: then the main file), ``fp32`` the main file, any
+        other name that variant.
+
+        Raises:
+            ModelError: the package has no such variant (the message lists those it has).
+        """
+        name = self.default_variant if precision == "auto" else precision
+        if precision == "auto" and name in self.variants:
+            backends = self.variants[name].backends
+            if backend is not None and backends and backend not in backends:
+                name = MAIN_VARIANT
+        if name == MAIN_VARIANT:
+            return Variant(MAIN_VARIANT, self.onnx_path, self.sha256, MAIN_VARIANT)
+        if name not in self.variants:
+            have = ", ".join([MAIN_VARIANT, *self.variants])
+            raise ModelError(f"{self.path}: the package has no {name!r} variant (it has {have})")
+        return self.variants[name]
 
     @property
     def color(self) -> str:
@@ -279,6 +335,47 @@ def _manifest_problems(data: object) -> list[str]:
             problems.extend(checks[key](data[key]))
     problems.extend(_mapping_problems(data))
     problems.extend(_stages_problems(data))
+    problems.extend(_variants_problems(data))
+    return problems
+
+
+def _variants_problems(data: dict[str, Any]) -> list[str]:
+    variants = data.get("variants")
+    problems: list[str] = []
+    names: set[str] = {MAIN_VARIANT}
+    if variants is not None:
+        if not isinstance(variants, dict) or not variants:
+            return ["'variants' must map variant names to their file and sha256"]
+        for name, spec in variants.items():
+            where = f"variants.{name}"
+            if not isinstance(name, str) or not _TYPE_RE.match(name) or name == MAIN_VARIANT:
+                problems.append(f"'{where}': a variant name is a word like int8, not 'fp32'")
+                continue
+            if not isinstance(spec, dict):
+                problems.append(f"'{where}' must be an object with file and sha256")
+                continue
+            for key, check in (("file", _file_problems), ("sha256", _sha256_problems)):
+                if key not in spec:
+                    problems.append(f"missing field '{where}.{key}'")
+                else:
+                    problems.extend(
+                        p.replace(f"'{key}'", f"'{where}.{key}'", 1) for p in check(spec[key])
+                    )
+            backends = spec.get("backends", [])
+            if not isinstance(backends, list) or not all(isinstance(b, str) for b in backends):
+                problems.append(f"'{where}.backends' must be a list of backend names")
+            if spec.get("precision", name) not in PRECISIONS:
+                problems.append(
+                    f"'{where}.precision' must be one of {', '.join(PRECISIONS)}, "
+                    f"not {spec.get('precision')!r}"
+                )
+            names.add(name)
+    default = data.get("default_variant", MAIN_VARIANT)
+    if default not in names:
+        problems.append(
+            f"'default_variant' {default!r} is not a variant of the package "
+            f"({', '.join(sorted(names))})"
+        )
     return problems
 
 
@@ -356,6 +453,10 @@ def load_model_package(path: Path) -> ModelPackage:
         str(kind): _load_stage(package_dir, manifest_path, str(kind), spec)
         for kind, spec in (data.get("stages") or {}).items()
     }
+    variants = {
+        str(name): _load_variant(package_dir, manifest_path, str(name), spec)
+        for name, spec in (data.get("variants") or {}).items()
+    }
     return ModelPackage(
         path=package_dir,
         name=data["name"],
@@ -369,7 +470,32 @@ def load_model_package(path: Path) -> ModelPackage:
         violations={str(k): str(v) for k, v in data.get("violations", {}).items()},
         thresholds={str(k): float(v) for k, v in data.get("thresholds", {}).items()},
         stages=stages,
+        variants=variants,
+        default_variant=str(data.get("default_variant", MAIN_VARIANT)),
     )
+
+
+def _load_variant(
+    package_dir: Path, manifest_path: Path, name: str, spec: dict[str, Any]
+) -> Variant:
+    """Check that a variant's file is in the package and matches its sha256."""
+    path = package_dir / spec["file"]
+    if not path.is_file():
+        raise ModelError(
+            f"{path}: model file of variant {name!r} not found (named by {manifest_path})"
+        )
+    expected = str(spec["sha256"]).lower()
+    try:
+        actual = _sha256_of(path)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read model file: {exc}") from exc
+    if actual != expected:
+        raise ModelError(
+            f"{path} sha256 is {actual}, manifest says {expected} (variant {name!r}): "
+            "the file is corrupt or was replaced"
+        )
+    backends = tuple(str(b) for b in spec.get("backends", []))
+    return Variant(name, path, actual, str(spec.get("precision", name)), backends)
 
 
 #: The file of a face stage's folder whose sha256 the manifest pins; it pins the others.
@@ -456,7 +582,6 @@ def write_manifest(
     clashes = sorted(_RESERVED_FIELDS.intersection(extra))
     if clashes:
         raise ValueError(f"extra manifest keys clash with reserved fields: {', '.join(clashes)}")
-    manifest_path = package_dir / MANIFEST_NAME
     onnx_path = package_dir / onnx_file
     if not onnx_path.is_file():
         raise ModelError(f"{onnx_path}: model file not found")
@@ -480,6 +605,12 @@ def write_manifest(
         **({"stages": stages} if stages else {}),
         **extra,
     }
+    return _dump_manifest(package_dir, data)
+
+
+def _dump_manifest(package_dir: Path, data: dict[str, Any]) -> Path:
+    """Validate ``data`` and write it as ``package_dir/manifest.yaml``, atomically."""
+    manifest_path = package_dir / MANIFEST_NAME
     problems = _manifest_problems(data)
     if problems:
         raise ModelError(f"{manifest_path}: " + "; ".join(problems))
@@ -494,3 +625,45 @@ def write_manifest(
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return manifest_path
+
+
+def add_variant(
+    package_dir: Path,
+    name: str,
+    onnx_file: str,
+    *,
+    precision: str,
+    make_default: bool,
+    **info: Any,
+) -> Path:
+    """Add (or replace) ``variants.<name>`` in a package's manifest, pinning the file's sha256.
+
+    ``make_default`` sets ``default_variant`` to it; otherwise a ``default_variant`` that
+    named it falls back to ``fp32``. ``info`` (how it was made, its evaluation) is stored in
+    the variant's entry. Returns the manifest's path.
+
+    Raises:
+        ModelError: the package or the file is missing or the result is not a valid manifest.
+    """
+    package_dir = Path(package_dir)
+    manifest_path = package_dir / MANIFEST_NAME
+    path = package_dir / onnx_file
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    try:
+        data = yaml.safe_load(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelError(f"{manifest_path}: cannot read manifest: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{manifest_path}: not a manifest")
+    # Not load_model_package first: the variant's file may just have been replaced.
+    variants = dict(data.get("variants") or {})
+    variants[name] = {"file": onnx_file, "sha256": _sha256_of(path), "precision": precision, **info}
+    data["variants"] = variants
+    if make_default:
+        data["default_variant"] = name
+    elif data.get("default_variant") == name:
+        data["default_variant"] = MAIN_VARIANT
+    written = _dump_manifest(package_dir, data)
+    load_model_package(package_dir)  # every file of the result matches its sha256
+    return written

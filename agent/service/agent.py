@@ -315,6 +315,7 @@ def _load_detector(config: AgentConfig) -> Detector:
         threads=config.model.threads,
         conf_threshold=config.model.conf_threshold,
         iou_threshold=config.model.iou_threshold,
+        precision=config.model.precision,
     )
     labels = {label for rule in config.rules.values() for label in rule.labels}
     missing = sorted(labels - set(package.labels))
