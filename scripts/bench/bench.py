@@ -61,7 +61,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 METHODS = ("agent", "ffmpeg", "common", "floor")
 DEFAULT_PROFILES = "1080p25-gop50,720p25-gop25"
-DEFAULT_COUNTS = "1,2,4,8,12,16,24,32"
+DEFAULT_COUNTS = "1,2,4,8,12,16,24,32,48,64"
+#: NVR boxes analyse the cameras' sub-streams (main stream only for evidence): 640x360 and
+#: D1 (704x576), a keyframe every 1 or 2 s. ``--profiles substreams`` runs these four.
+SUBSTREAM_PROFILES = "360p25-gop25,360p25-gop50,704x576p25-gop25,704x576p25-gop50"
 KEPT_UP = 0.9  # analysed frames/s per camera, of the 1/s asked for
 READY_TIMEOUT_S = 60.0
 HOLD_S = 3.0
@@ -634,7 +637,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--profiles", default=DEFAULT_PROFILES, help="HEIGHTpFPS-gopFRAMES,...")
+    ap.add_argument(
+        "--profiles",
+        default=DEFAULT_PROFILES,
+        help="[WIDTHx]HEIGHTpFPS-gopFRAMES,... or 'substreams' (" + SUBSTREAM_PROFILES + ")",
+    )
     ap.add_argument("--methods", default=",".join(METHODS), help="agent,ffmpeg,common,floor")
     ap.add_argument("--counts", default=DEFAULT_COUNTS, help="camera counts to try, in order")
     ap.add_argument("--seconds", type=float, default=15.0, help="measuring window per point")
@@ -704,7 +711,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"bench: {args.train_python} missing: run scripts/train-env")
         if not args.weights.is_file():
             raise SystemExit(f"bench: weights {args.weights} missing (--weights)")
-    profiles = [parse_profile(p) for p in args.profiles.split(",")]
+    names = SUBSTREAM_PROFILES if args.profiles == "substreams" else args.profiles
+    profiles = [parse_profile(p) for p in names.split(",")]
     (REPO / ".bench").mkdir(exist_ok=True)  # on the repository's disk: real fsyncs
     args.workdir = Path(tempfile.mkdtemp(prefix="mclz-bench-", dir=REPO / ".bench"))
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -83,7 +83,7 @@ READY_TIMEOUT_S = 30.0
 SETTLE_S = 1.0
 STOP_TIMEOUT_S = 5.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PROFILE_RE = re.compile(r"^(\d+)p(\d+)-gop(\d+)$")
+PROFILE_RE = re.compile(r"^(?:(\d+)x)?(\d+)p(\d+)-gop(\d+)$")
 
 
 class BenchError(RuntimeError):
@@ -111,18 +111,26 @@ class Profile:
 
 
 def parse_profile(text: str) -> Profile:
-    """Parse ``1080p25-gop50`` (height, frame rate, keyframe interval in frames).
+    """Parse ``1080p25-gop50`` (height, frame rate, keyframe interval in frames; 16:9) or
+    ``704x576p25-gop25`` (width given: an NVR's D1 sub-stream).
 
     Raises:
         ValueError: the text does not match or the numbers are out of range.
     """
     match = PROFILE_RE.match(text.strip())
     if match is None:
-        raise ValueError(f"profile {text!r}: expected HEIGHTpFPS-gopFRAMES, e.g. 1080p25-gop50")
-    height, fps, gop = (int(g) for g in match.groups())
+        raise ValueError(
+            f"profile {text!r}: expected [WIDTHx]HEIGHTpFPS-gopFRAMES, e.g. 1080p25-gop50 or "
+            "704x576p25-gop25"
+        )
+    raw_width, raw_height, raw_fps, raw_gop = match.groups()
+    height, fps, gop = int(raw_height), int(raw_fps), int(raw_gop)
+    given_width = int(raw_width) if raw_width else None
     if not (120 <= height <= 2160 and height % 2 == 0 and 1 <= fps <= 60 and 1 <= gop <= 600):
         raise ValueError(f"profile {text!r}: height 120-2160 (even), fps 1-60, gop 1-600")
-    width = round(height * 16 / 9 / 2) * 2
+    width = given_width if given_width is not None else round(height * 16 / 9 / 2) * 2
+    if not (160 <= width <= 3840 and width % 2 == 0):
+        raise ValueError(f"profile {text!r}: width 160-3840 (even)")
     kbps = BITRATES.get(height) or max(256, round(4096 * height * width / (1920 * 1080)))
     return Profile(text.strip(), width, height, fps, gop, kbps)
 
