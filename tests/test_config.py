@@ -136,6 +136,32 @@ def test_bad_camera_urls(url: str, expected: str) -> None:
     assert "hunter2" not in problems[0]
 
 
+@pytest.mark.parametrize("value", ["0", "17", "-1", "true", "two", "2.5", "AUTO", "''", "[1]"])
+def test_bad_decoder_threads_are_rejected_naming_the_field(value: str) -> None:
+    """decoder_threads is 'auto' or a whole number 1-16; anything else fails with one message
+    naming the file, the line and the field (not pydantic's union branches)."""
+    problems = problems_of(
+        MINIMAL + f"cameras:\n  k1:\n    url: rtsp://h/x\n    decoder_threads: {value}\n"
+    )
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("agent.yaml:8 cameras.k1.decoder_threads: must be 'auto' or")
+
+
+def test_decoder_threads_default_to_one_and_take_auto() -> None:
+    """Many cameras on few cores: one decoder thread each unless the config says otherwise."""
+    cfg = parse_config(
+        MINIMAL + "cameras:\n  a:\n    url: rtsp://h/a\n  b:\n    url: rtsp://h/b\n"
+        "    decoder_threads: auto\n  c:\n    url: rtsp://h/c\n    decoder_threads: 4\n"
+        "    main_url: rtsp://h/c-main\n"
+    )
+    assert cfg.cameras["a"].decoder_threads == 1
+    assert cfg.cameras["b"].decoder_threads == "auto"
+    assert cfg.cameras["c"].decoder_threads == 4
+    main = cfg.cameras["c"].main_stream()
+    assert main is not None
+    assert main.decoder_threads == 4  # the main stream's reader decodes the same way
+
+
 def test_password_in_mqtt_url_is_rejected() -> None:
     """Secrets never live in the YAML, not even inside a URL."""
     problems = problems_of(MINIMAL + "mqtt:\n  url: mqtt://box:s3cret@broker\n")

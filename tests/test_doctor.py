@@ -17,7 +17,15 @@ from typer.testing import CliRunner
 
 from agent.cli.app import CHECK_FAILED
 from agent.cli.main import app
-from agent.install.doctor import check_clock
+from agent.config import load_config
+from agent.install.doctor import (
+    MEMORY_BASE_MB,
+    MEMORY_PER_CAMERA_MB,
+    MEMORY_PER_MAIN_STREAM_MB,
+    check_clock,
+    check_memory,
+    memory_estimate,
+)
 from agent.records import AlertRecord
 from agent.store.database import db_path
 from agent.store.store import Store
@@ -402,3 +410,50 @@ def test_check_capacity_compares_the_cameras_demand_with_this_box(
     assert capacity["verdict"] == "warn"
     assert "cameras ask for 2560.0 inference(s)/s (16 camera(s), 16 in tiles)" in capacity["detail"]
     assert "expect detect intervals stretched about" in capacity["detail"]
+
+
+def _meminfo(tmp_path: Path, available_kb: int, total_kb: int = 2_000_000) -> Path:
+    path = tmp_path / "meminfo"
+    path.write_text(
+        f"MemTotal:       {total_kb} kB\nMemFree:        {available_kb // 2} kB\n"
+        f"MemAvailable:   {available_kb} kB\nHugePages_Total:       0\n"
+    )
+    return path
+
+
+def test_check_memory_estimates_the_cameras_against_this_box(
+    broker: Broker, model_dir: Path, tmp_path: Path
+) -> None:
+    """The memory line estimates the agent's RSS from the measured base and per-camera
+    figures (main streams counted apart) and warns when that is more than half of what the
+    box has available; on this machine, through the CLI, a 16-camera config fits."""
+    config = write_config(tmp_path, broker.url, model_dir)
+    data = yaml.safe_load(config.read_text())
+    closed = f"rtsp://127.0.0.1:{free_port()}/x"
+    data["cameras"] = {f"c{i}": {"url": closed} for i in range(16)}
+    data["cameras"]["c0"]["main_url"] = closed
+    data["cameras"]["off"] = {"url": closed, "enabled": False, "main_url": closed}
+    config.write_text(yaml.safe_dump(data))
+    cfg = load_config(config)
+    estimate, cameras, mains = memory_estimate(cfg)
+    assert (cameras, mains) == (16, 1)
+    assert estimate == pytest.approx(
+        MEMORY_BASE_MB + 16 * MEMORY_PER_CAMERA_MB + MEMORY_PER_MAIN_STREAM_MB
+    )
+    roomy = check_memory(cfg, _meminfo(tmp_path, available_kb=round(4 * estimate * 1024)))
+    assert roomy.verdict == "ok", roomy
+    assert roomy.detail.startswith(f"16 camera(s), 1 with a main stream: about {estimate:.0f} MB")
+    assert "per 720p camera" in roomy.detail
+    assert "measured 2026-12-06" in roomy.detail
+    tight = check_memory(cfg, _meminfo(tmp_path, available_kb=round(1.5 * estimate * 1024)))
+    assert tight.verdict == "warn", tight
+    assert "more than 50 %" in tight.detail
+    unknown = check_memory(cfg, tmp_path / "no-meminfo")
+    assert unknown.verdict == "warn"
+    assert "the box's memory is unknown" in unknown.detail
+    code, checks, output = run_check(config, "--skip-cameras")
+    assert code == 0, output
+    assert checks["memory"]["verdict"] in {"ok", "warn"}, checks["memory"]  # the box decides
+    assert checks["memory"]["detail"].startswith("16 camera(s), 1 with a main stream: about")
+    assert " MB available of " in checks["memory"]["detail"]
+    assert checks["capacity"]["detail"].startswith("cameras ask for 16.0 inference(s)/s")

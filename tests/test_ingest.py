@@ -6,11 +6,15 @@ import itertools
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import av
 import pytest
 import yaml
 from hypothesis import given
@@ -422,3 +426,122 @@ def test_camera_reconnect_backoff_is_capped_by_its_config() -> None:
         waits = [reader._backoff.next_delay() for _ in range(20)]
         assert max(waits) <= cap
         assert waits[-1] >= cap / 2  # it got there
+
+
+def has_frames(h: Harness, count: int) -> Callable[[], bool]:
+    """A predicate for :meth:`Harness.wait`: ``h`` has taken ``count`` frames."""
+    return lambda: len(h.frames) >= count
+
+
+def _native_threads() -> int:
+    """OS threads of this process that are not Python threads (decoder, converter pools)."""
+    return len(os.listdir("/proc/self/task")) - threading.active_count()
+
+
+def test_multi_camera_config_decodes_with_one_thread_and_passes_demuxer_options(
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    harness: Callable[[CameraConfig], Harness],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a config of several cameras and the defaults, every opened decoder really runs
+    one thread (read back from FFmpeg), the BGR conversion starts no thread of its own, and
+    the demuxer gets the reader's options: no thread pool per camera on a box of few cores."""
+    server = rtsp_server_factory({"/cam": clip_factory(seconds=4, fps=10, gop=10)})
+    opened: list[dict[str, str]] = []
+    plain_open = av.open
+
+    def spy(url: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(url).startswith("rtsp://"):
+            opened.append(dict(kwargs.get("options") or {}))
+        return plain_open(url, *args, **kwargs)
+
+    monkeypatch.setattr(av, "open", spy)
+    data = {
+        "identity": {"city": "hz", "school_id": "s1", "box_id": "b1"},
+        "cameras": {f"cam-{i}": {"url": server.url("/cam")} for i in range(3)},
+    }
+    cameras = parse_config(yaml.safe_dump(data)).cameras
+    native_before = _native_threads()
+    runs = [harness(config) for config in cameras.values()]
+    for h in runs:
+        h.wait(has_frames(h, 2), 30, "2 analysed frames")
+    native_during = _native_threads()
+    expected = {
+        "rtsp_transport": "tcp",
+        "timeout": "10000000",
+        "fflags": "nobuffer",
+        "fpsprobesize": "0",
+    }
+    for h in runs:
+        assert h.reader.config.decoder_threads == 1
+        assert h.reader.stats.decoder_threads == 1, h.reader.stats
+        assert h.reader.stats.demuxer_options == expected
+    assert len(opened) >= 3
+    assert all(options == expected for options in opened), opened
+    assert native_during <= native_before, "a decoder or converter started threads of its own"
+
+
+@pytest.mark.parametrize("threads", [2, "auto"])
+def test_decoder_threads_setting_reaches_the_decoder(
+    threads: int | str,
+    rtsp_server_factory: RtspServerFactory,
+    clip_factory: ClipFactory,
+    harness: Callable[[CameraConfig], Harness],
+) -> None:
+    """cameras.<id>.decoder_threads is what the opened decoder runs; 'auto' leaves the count to
+    FFmpeg, which gives a machine of several cores more than one thread."""
+    server = rtsp_server_factory({"/cam": clip_factory(seconds=3, fps=10, gop=10)})
+    h = harness(camera(server.url("/cam"), decoder_threads=threads))
+    h.wait(lambda: h.reader.stats.decoder_threads > 0, 30, "an open decoder")
+    h.wait(lambda: len(h.frames) >= 2, 30, "2 analysed frames")
+    used = h.reader.stats.decoder_threads
+    if threads == "auto":
+        assert used >= 1
+        if len(os.sched_getaffinity(0)) > 1:
+            assert used > 1
+    else:
+        assert used == threads
+    assert h.frames[-1].image.shape == (360, 640, 3)
+
+
+def test_freed_frame_buffers_go_back_to_the_system() -> None:
+    """After map_large_buffers(), frame-sized blocks freed in a thread leave the process's RSS
+    (without it, glibc keeps them in the thread's arena once its threshold has risen)."""
+    script = (
+        "import sys, threading\n"
+        "import numpy as np\n"
+        "from agent.ingest.memory import map_large_buffers\n"
+        "def rss():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmRSS'):\n"
+        "            return int(line.split()[1]) / 1024\n"
+        "applied = map_large_buffers() if sys.argv[1] == 'on' else False\n"
+        "big = np.ones(8 << 20, np.uint8)\n"
+        "del big  # a large block freed: glibc's own threshold rises to its size\n"
+        "before = rss()\n"
+        "grown = []\n"
+        "def frames():\n"
+        "    kept = [np.ones(2 << 20, np.uint8) for _ in range(40)][-1]  # 40 frames, keep 1\n"
+        "    grown.append(rss() - before - kept.nbytes / 2**20)\n"
+        "thread = threading.Thread(target=frames)\n"
+        "thread.start()\n"
+        "thread.join()\n"
+        "print(applied, round(grown[0]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    results = {}
+    for mode in ("off", "on"):
+        done = subprocess.run(
+            [sys.executable, "-c", script, mode],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=True,
+        )
+        applied, grown = done.stdout.split()
+        results[mode] = (applied == "True", int(grown))
+    assert results["on"][0], "glibc's mallopt was not applied"
+    assert results["on"][1] < 10, results  # MB kept beyond the one frame still held
+    assert results["off"][1] > 40, results  # the check above would pass without the setting

@@ -5,10 +5,28 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from agent.config.base import ID_PATTERN, ID_RE, ConfigModel, Duration, SecretRef
 from agent.redact import with_password
+
+#: Most decoder threads a camera may ask for: an edge box has a few cores for all its cameras.
+MAX_DECODER_THREADS = 16
+
+
+def _decoder_threads(value: object) -> object:
+    """Accept ``auto`` or a whole number of threads; one message for anything else."""
+    if value == "auto":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_DECODER_THREADS:
+        return value
+    raise ValueError(
+        f"must be 'auto' or a whole number of threads from 1 to {MAX_DECODER_THREADS}, "
+        f"not {value!r}"
+    )
+
+
+DecoderThreads = Annotated[int | Literal["auto"], BeforeValidator(_decoder_threads)]
 
 
 class PictureConfig(ConfigModel):
@@ -174,6 +192,11 @@ class CameraConfig(ConfigModel):
     decode: Literal["auto", "keyframes", "all"] = Field(
         default="auto",
         description="auto: keyframes only when they arrive at least every detect_interval",
+    )
+    decoder_threads: DecoderThreads = Field(
+        default=1,
+        description="the decoder's threads: 1 (many cameras share few cores) or 'auto' "
+        "(FFmpeg: one per core plus one, each with its own buffers)",
     )
     open_timeout: Duration = Field(default=10.0, ge=1, le=120, description="connect/read timeout")
     stall_timeout: Duration = Field(

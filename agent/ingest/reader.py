@@ -7,6 +7,13 @@ it decodes every frame but converts to BGR only the frames that will be analysed
 newest frame wins: a frame that detection has not taken before the next one arrives is
 dropped and counted, so a slow detector never builds a queue.
 
+Many cameras share a box of two cores, so a reader decodes and converts in its own thread
+by default (``decoder_threads: 1``): FFmpeg's auto gave every camera a slice-thread pool of
+one thread per core plus one, and PyAV's ``to_ndarray`` a new converter per frame with a
+pool of its own (83 threads instead of 19 for 16 readers at 720p, for the same RSS and CPU;
+scripts/bench/bench_decoder_memory.py). Frame threading is never used: it holds a frame
+per thread and delays output by as many.
+
 A camera's health is debounced: it is reported ``offline`` only after ``offline_after``
 seconds without a frame, so a reboot or a blip does not flap the platform's board, but
 every reconnect and stall is still counted.
@@ -20,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,8 @@ from urllib.parse import urlsplit
 
 import av
 import av.error
+import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from agent.backoff import Backoff
 from agent.config import CameraConfig
@@ -108,6 +117,10 @@ class CameraStats:
     last_error: str = ""
     last_error_class: str = ""
     fps: float = 0.0
+    # What the reader applied, read back from FFmpeg: the decoder's threads once it opened
+    # (0 until the first frame) and the options the demuxer was opened with.
+    decoder_threads: int = 0
+    demuxer_options: dict[str, str] = field(default_factory=dict)
 
 
 class _SessionError(StreamError):
@@ -158,6 +171,9 @@ class CameraReader:
         self._stall_times: collections.deque[float] = collections.deque(maxlen=4096)
         self._backoff = Backoff(BACKOFF_MIN, config.reconnect_max)
         self._interrupted = False  # a session failed since the last frame
+        # BGR conversion: one context per session, reused. PyAV's frame.to_ndarray() builds
+        # a converter per frame, with a thread per core that lives as long as the frame.
+        self._reformatter = VideoReformatter()
         # Set by the agent's load governor: detect_interval is stretched by this factor.
         self.interval_scale = 1.0
         self._thread: threading.Thread | None = None  # only when started by :meth:`start`
@@ -321,6 +337,8 @@ class CameraReader:
             }
             if urlsplit(url).scheme == "rtsps":
                 options["rtsp_flags"] = "prefer_tcp"
+        with self._lock:
+            self.stats.demuxer_options = dict(options)
         t0 = time.monotonic()
         try:
             container = av.open(
@@ -346,14 +364,19 @@ class CameraReader:
             StreamError: the stream could not be opened, failed, stalled or ended;
                 ``had_frames`` says whether it decoded any frame first.
         """
+        cfg = self.config
         container = self._open()
+        self._reformatter = VideoReformatter()  # the picture size may differ after a reconnect
         got_frame = False
         try:
             if not container.streams.video:
                 raise _SessionError("the source has no video stream", had_frames=False)
             stream = container.streams.video[0]
             ctx = stream.codec_context
-            ctx.thread_type = "SLICE"  # frame threading delays output by a frame per thread
+            # Frame threading delays output by a frame per thread and holds a frame per thread.
+            ctx.thread_type = "SLICE"
+            # 0 is FFmpeg's auto: one slice thread per core plus one, for each camera.
+            ctx.thread_count = 0 if cfg.decoder_threads == "auto" else cfg.decoder_threads
             time_base = stream.time_base or Fraction(1, 90000)
             rate = stream.average_rate or stream.guessed_rate
             with self._lock:
@@ -425,6 +448,8 @@ class CameraReader:
                 if need_key and not frame.key_frame:
                     continue
                 need_key = False
+                if not got_frame:
+                    self._note_decoder(ctx)
                 got_frame = True
                 t = frame.time if frame.time is not None else time.monotonic() - session_start
                 sampler.interval = cfg.detect_interval * self.interval_scale
@@ -436,6 +461,11 @@ class CameraReader:
                 if due and mode == "all" and gop and last_key_pts is not None:
                     skip_to_key = sampler.wait_for_keyframe(last_key_pts + gop)
         return got_frame
+
+    def _note_decoder(self, ctx: av.VideoCodecContext) -> None:
+        """Record the decoder's threads, read back once it is open (FFmpeg resolves 0, auto)."""
+        with self._lock:
+            self.stats.decoder_threads = ctx.thread_count
 
     def _count_packet(self, mono: float, session_start: float, got_frame: bool) -> None:
         """Count a packet; raise when data keeps coming but no picture decodes (stall watchdog).
@@ -505,8 +535,20 @@ class CameraReader:
             self._backoff.reset()
             self._announce(transition)
         if due:
-            image = frame.to_ndarray(format="bgr24")
+            image = self._to_bgr(frame)
             self.slot.put(Frame(self.camera_id, image, time.time(), mono, bool(frame.key_frame)))
+
+    def _to_bgr(self, frame: av.VideoFrame) -> np.ndarray:
+        """The frame's pixels as BGR, converted by this session's own context.
+
+        It runs ``decoder_threads`` threads (one by default: the reader's own); only frames
+        that detection takes are converted.
+        """
+        threads = self.config.decoder_threads
+        bgr = self._reformatter.reformat(
+            frame, format="bgr24", threads=0 if threads == "auto" else threads
+        )
+        return bgr.to_ndarray()
 
     def snapshot(self, mono: float | None = None) -> dict[str, Any]:
         """Health of this camera as plain data (for heartbeats, status and the CLI)."""

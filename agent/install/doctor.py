@@ -281,14 +281,16 @@ def check_model(cfg: AgentConfig) -> Check:
 
     try:
         package = load_model_package(cfg.model.path)
-        Detector(package, backend=cfg.model.backend, threads=1)
+        variant = Detector(
+            package, backend=cfg.model.backend, threads=1, precision=cfg.model.precision
+        ).variant
     except (AgentError, ValueError) as exc:
         return Check("model", FAIL, str(exc))
     return Check(
         "model",
         OK,
-        f"{package.name} {package.version}, sha256 {package.sha256[:12]} ok, "
-        f"{len(package.labels)} labels, {cfg.model.backend}",
+        f"{package.name} {package.version}, {variant.name} ({variant.onnx_path.name}), "
+        f"sha256 {variant.sha256[:12]} ok, {len(package.labels)} labels, {cfg.model.backend}",
     )
 
 
@@ -327,7 +329,10 @@ def check_capacity(cfg: AgentConfig) -> Check:
         return Check("capacity", OK, "no camera enabled")
     try:
         detector = Detector(
-            load_model_package(cfg.model.path), backend=cfg.model.backend, threads=cfg.model.threads
+            load_model_package(cfg.model.path),
+            backend=cfg.model.backend,
+            threads=cfg.model.threads,
+            precision=cfg.model.precision,
         )
     except (AgentError, ValueError) as exc:
         return Check("capacity", WARN, f"not measured: the model does not load ({exc})")
@@ -357,6 +362,84 @@ def check_capacity(cfg: AgentConfig) -> Check:
         WARN,
         f"{detail}; {outlook}: fewer tiles, a longer detect_interval, more model.threads "
         "or a faster box",
+    )
+
+
+#: The agent's memory (RSS, all threads) as a line through the points of
+#: ``scripts/bench/bench.py --methods agent --profiles 720p25-gop25 --counts 1,4,8,12,16``
+#: (2026-12-06, 2-core AMD EPYC, a training job beside it; docs/performance.md, "Decoder
+#: memory"): 215, 285, 339, 390 and 440 MB. What the process holds before its cameras, and
+#: what each 720p camera (one analysed frame per second, keyframe every second) adds.
+MEMORY_BASE_MB = 215.0
+MEMORY_PER_CAMERA_MB = 15.0
+#: A main stream (``main_url``, evidence at full resolution) adds its reader, 1080p keyframes
+#: only (``scripts/bench/bench_decoder_memory.py --profiles 1080p25-gop25``, same day: 12.0 MB
+#: per camera), and its ring of 4 BGR frames (4 x 1920 x 1080 x 3 bytes = 24.9 MB).
+MEMORY_PER_MAIN_STREAM_MB = 37.0
+#: Share of the memory available (``MemAvailable``) the estimate may take before ``check``
+#: warns: the rest is for the page cache (SQLite, evidence), reconnects and the system.
+MEMORY_WARN_SHARE = 0.5
+MEMINFO = Path("/proc/meminfo")
+
+
+def read_meminfo(path: Path = MEMINFO) -> dict[str, float]:
+    """``MemTotal``, ``MemAvailable`` and the other sizes of ``/proc/meminfo``, in MB.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    out: dict[str, float] = {}
+    for line in path.read_text(encoding="ascii", errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
+            out[key.strip()] = int(parts[0]) / 1024
+    return out
+
+
+def memory_estimate(cfg: AgentConfig) -> tuple[float, int, int]:
+    """The agent's RSS estimated for the enabled cameras (MB), their number, and how many
+    have a main stream."""
+    cameras = [c for c in cfg.cameras.values() if c.enabled]
+    mains = sum(1 for c in cameras if c.main_url is not None)
+    estimate = (
+        MEMORY_BASE_MB + MEMORY_PER_CAMERA_MB * len(cameras) + MEMORY_PER_MAIN_STREAM_MB * mains
+    )
+    return estimate, len(cameras), mains
+
+
+def check_memory(cfg: AgentConfig, meminfo: Path = MEMINFO) -> Check:
+    """Whether this box has the memory for the configured cameras.
+
+    The estimate comes from measured figures (:data:`MEMORY_PER_CAMERA_MB` and the others:
+    cameras at 720p); the box's memory from ``MemAvailable`` in ``/proc/meminfo``. Above
+    :data:`MEMORY_WARN_SHARE` of it: warn. Run before the agent starts, or the agent's own
+    memory is already missing from what is available.
+    """
+    estimate, cameras, mains = memory_estimate(cfg)
+    if cameras == 0:
+        return Check("memory", OK, "no camera enabled")
+    per = f"{MEMORY_PER_CAMERA_MB:.0f} MB per 720p camera"
+    if mains:
+        per += f", {MEMORY_PER_MAIN_STREAM_MB:.0f} MB per main stream"
+    need = (
+        f"{cameras} camera(s){f', {mains} with a main stream' if mains else ''}: about "
+        f"{estimate:.0f} MB ({MEMORY_BASE_MB:.0f} MB + {per}, measured 2026-12-06)"
+    )
+    try:
+        info = read_meminfo(meminfo)
+        available, total = info["MemAvailable"], info["MemTotal"]
+    except (OSError, KeyError, ValueError) as exc:
+        return Check("memory", WARN, f"{need}; the box's memory is unknown ({meminfo}: {exc})")
+    share = estimate / max(available, 1.0)
+    detail = f"{need}; {available:.0f} MB available of {total:.0f} MB: {100 * share:.0f} %"
+    if share <= MEMORY_WARN_SHARE:
+        return Check("memory", OK, detail)
+    return Check(
+        "memory",
+        WARN,
+        f"{detail}, more than {100 * MEMORY_WARN_SHARE:.0f} %: fewer cameras or main streams "
+        "on this box, or more memory",
     )
 
 
@@ -425,6 +508,7 @@ def run_checks(
         ("cameras", lambda c: check_cameras(c, probe_seconds, timeout)),
         ("model", check_model),
         ("capacity", check_capacity),
+        ("memory", check_memory),
         ("audio", check_audio),
     ]
     for name, step in steps:

@@ -58,6 +58,7 @@ from agent.detect.gate import LoadGovernor
 from agent.detect.model import load_model_package
 from agent.detect.sampling import Capture, capture_directory
 from agent.errors import AgentError
+from agent.ingest.memory import map_large_buffers
 from agent.rules.engine import RuleEngine
 from agent.service.alerts import AlertWriter, end_alerts_left_open
 from agent.service.handlers import Handlers, parse_time
@@ -90,6 +91,8 @@ class Agent:
             ModelError: the model package is missing or invalid.
             SecretError, UplinkError: the uplink cannot be configured.
         """
+        # Before any thread: freed frames go back to the system, not to an arena per thread.
+        map_large_buffers()
         self.config_path = config_path
         self.stop_event = threading.Event()
         self.started = time.time()
