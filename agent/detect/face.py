@@ -85,6 +85,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.detect.datasets import AGENT_LABELS
+from agent.detect.model import verified_file
 from agent.errors import ModelError
 from agent.records import Detection
 
@@ -477,8 +478,9 @@ def shrink(frame: UInt8Array, size: tuple[int, int]) -> UInt8Array:
     return np.asarray(out, dtype=np.uint8)
 
 
-def _yunet_session(path: Path, threads: int) -> Any:
-    """An onnxruntime session for a YuNet file whose input height and width are free."""
+def session_options(threads: int) -> Any:
+    """onnxruntime session options for a small model beside the detector: ``threads``
+    intra-op threads that sleep when idle, one inter-op thread, warnings and above only."""
     import onnxruntime as ort  # noqa: PLC0415 - keep import time off the CLI's fast paths
 
     options = ort.SessionOptions()
@@ -486,8 +488,17 @@ def _yunet_session(path: Path, threads: int) -> Any:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def _yunet_session(path: Path, threads: int) -> Any:
+    """An onnxruntime session for a YuNet file whose input height and width are free."""
+    import onnxruntime as ort  # noqa: PLC0415 - keep import time off the CLI's fast paths
+
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
     except _onnxruntime_errors() as exc:
         raise ModelError(f"{path}: onnxruntime cannot load the face detector: {exc}") from exc
     shape = session.get_inputs()[0].shape
@@ -553,11 +564,7 @@ class MaskClassifier:
         import onnxruntime as ort  # noqa: PLC0415 - keep import time off the CLI's fast paths
 
         self._errors = _onnxruntime_errors()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options(threads)
         try:
             self._session = ort.InferenceSession(
                 str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
@@ -664,17 +671,7 @@ def load_meta(model_dir: Path) -> dict[str, Any]:
 
 
 def _checked(path: Path, expected: str, meta_path: Path) -> Path:
-    if not path.is_file():
-        raise ModelError(f"{path}: model file not found (named by {meta_path})")
-    try:
-        actual = _sha256_of(path)
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read model file: {exc}") from exc
-    if actual != expected:
-        raise ModelError(
-            f"{path}: sha256 {actual} does not match {expected} in {meta_path}: "
-            "corrupt or replaced file"
-        )
+    verified_file(path, expected, named_by=meta_path, who=str(meta_path))
     return path
 
 

@@ -185,6 +185,31 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def verified_file(
+    path: Path, expected: str, *, named_by: Path, who: str, what: str = "model file"
+) -> str:
+    """Check that ``path`` exists and its sha256 is ``expected``; return the sha256.
+
+    ``named_by`` (the file that names it), ``who`` (how messages call that) and ``what``
+    (how they call this file) go into the messages.
+
+    Raises:
+        ModelError: the file is missing, unreadable or different; the message names it.
+    """
+    if not path.is_file():
+        raise ModelError(f"{path}: {what} not found (named by {named_by})")
+    try:
+        actual = _sha256_of(path)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read {what}: {exc}") from exc
+    if actual != expected.lower():
+        raise ModelError(
+            f"{path} sha256 is {actual}, {who} says {expected.lower()}: "
+            "the file is corrupt or was replaced"
+        )
+    return actual
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -437,18 +462,7 @@ def load_model_package(path: Path) -> ModelPackage:
         raise ModelError(f"{manifest_path}: " + "; ".join(problems))
 
     onnx_path = package_dir / data["file"]
-    if not onnx_path.is_file():
-        raise ModelError(f"{onnx_path}: model file not found (named by {manifest_path})")
-    expected = data["sha256"].lower()
-    try:
-        actual = _sha256_of(onnx_path)
-    except OSError as exc:
-        raise ModelError(f"{onnx_path}: cannot read model file: {exc}") from exc
-    if actual != expected:
-        raise ModelError(
-            f"{onnx_path} sha256 is {actual}, manifest says {expected}: "
-            "the file is corrupt or was replaced"
-        )
+    actual = verified_file(onnx_path, data["sha256"], named_by=manifest_path, who="manifest")
     stages = {
         str(kind): _load_stage(package_dir, manifest_path, str(kind), spec)
         for kind, spec in (data.get("stages") or {}).items()
@@ -480,20 +494,9 @@ def _load_variant(
 ) -> Variant:
     """Check that a variant's file is in the package and matches its sha256."""
     path = package_dir / spec["file"]
-    if not path.is_file():
-        raise ModelError(
-            f"{path}: model file of variant {name!r} not found (named by {manifest_path})"
-        )
-    expected = str(spec["sha256"]).lower()
-    try:
-        actual = _sha256_of(path)
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read model file: {exc}") from exc
-    if actual != expected:
-        raise ModelError(
-            f"{path} sha256 is {actual}, manifest says {expected} (variant {name!r}): "
-            "the file is corrupt or was replaced"
-        )
+    actual = verified_file(
+        path, str(spec["sha256"]), named_by=manifest_path, who=f"manifest (variant {name!r})"
+    )
     backends = tuple(str(b) for b in spec.get("backends", []))
     return Variant(name, path, actual, str(spec.get("precision", name)), backends)
 
@@ -506,18 +509,13 @@ def _load_stage(package_dir: Path, manifest_path: Path, kind: str, spec: dict[st
     """Check a stage's folder and the sha256 of its description (which pins its models)."""
     folder = package_dir / spec["dir"]
     meta = folder / FACE_META_FILE
-    if not meta.is_file():
-        raise ModelError(f"{meta}: stage description not found (named by {manifest_path})")
-    try:
-        actual = _sha256_of(meta)
-    except OSError as exc:
-        raise ModelError(f"{meta}: cannot read stage description: {exc}") from exc
-    expected = str(spec["meta_sha256"]).lower()
-    if actual != expected:
-        raise ModelError(
-            f"{meta} sha256 is {actual}, manifest says {expected}: "
-            "the file is corrupt or was replaced"
-        )
+    verified_file(
+        meta,
+        str(spec["meta_sha256"]),
+        named_by=manifest_path,
+        who="manifest",
+        what="stage description",
+    )
     return Stage(
         kind=kind,
         path=folder,
