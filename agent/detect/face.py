@@ -292,6 +292,9 @@ class FaceDetector:
             self._net: Any = None
             self._session = _yunet_session(self.path, threads)
             self._errors = _onnxruntime_errors()
+            # Read once: the session's metadata calls cost more than the decoding per pass.
+            self._input_name = self._session.get_inputs()[0].name
+            self._output_names = [o.name for o in self._session.get_outputs()]
         else:
             try:
                 # Per pass, YuNet keeps more candidates than the merged result: NMS across passes.
@@ -353,10 +356,10 @@ class FaceDetector:
         blob = np.zeros((1, 3, pad_h, pad_w), dtype=np.float32)
         blob[0, :, :height, :width] = image.transpose(2, 0, 1)
         try:
-            outputs = self._session.run(None, {self._session.get_inputs()[0].name: blob})
+            outputs = self._session.run(None, {self._input_name: blob})
         except self._errors as exc:
             raise ModelError(f"{self.path}: face detection failed: {exc}") from exc
-        named = dict(zip((o.name for o in self._session.get_outputs()), outputs, strict=True))
+        named = dict(zip(self._output_names, outputs, strict=True))
         rows: list[npt.NDArray[np.float32]] = []
         try:
             for stride in _YUNET_STRIDES:

@@ -86,10 +86,13 @@ def head_decode_nodes(model_path: Path) -> list[str]:
     ``/model.N/`` module that is not a convolution, and the DFL's convolution."""
     import onnx  # noqa: PLC0415 - dev dependency
 
-    nodes = onnx.load(str(model_path)).graph.node
+    return _decode_nodes(onnx.load(str(model_path)).graph.node, model_path)
+
+
+def _decode_nodes(nodes: Sequence[Any], where: Path) -> list[str]:
     modules = [n.name.split("/")[1] for n in nodes if n.name.startswith("/model.")]
     if not modules:
-        raise SystemExit(f"error: {model_path}: node names are not ultralytics' (/model.N/...)")
+        raise SystemExit(f"error: {where}: node names are not ultralytics' (/model.N/...)")
     head = f"/{modules[-1]}/"
     return [
         n.name
@@ -109,28 +112,29 @@ def quantize(package: ModelPackage, pictures: Sequence[Path], target: Path) -> d
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
 
-    input_name = "images"
-
     class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
+        def __init__(self, input_name: str) -> None:
+            self._input_name = input_name
             self._it: Iterator[Path] = iter(pictures)
 
         def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
             picture = next(self._it, None)
-            return None if picture is None else {input_name: network_input(package, picture)}
+            if picture is None:
+                return None
+            return {self._input_name: network_input(package, picture)}
+
+    import onnx  # noqa: PLC0415 - dev dependency
 
     with tempfile.TemporaryDirectory(prefix="mclz-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(package.onnx_path), str(prepared), skip_symbolic_shape=True)
-        import onnx  # noqa: PLC0415
-
-        input_name = onnx.load(str(prepared)).graph.input[0].name
-        excluded = head_decode_nodes(prepared)
+        graph = onnx.load(str(prepared)).graph
+        excluded = _decode_nodes(graph.node, prepared)
         started = time.monotonic()
         quantize_static(
             str(prepared),
             str(target),
-            Reader(),
+            Reader(graph.input[0].name),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
