@@ -618,3 +618,21 @@ def test_rules_alert_only_inside_their_schedule() -> None:
     assert rules.update("cam", [BARE], mono=0, wall=saturday) == []
     assert rules.stats()["outside_schedule"] == 1
     assert [e.phase for e in rules.update("cam", [BARE], mono=100, wall=friday)] == ["start"]
+
+
+def test_labels_for_follows_the_rules_on_each_camera() -> None:
+    """labels_for names the labels a camera's rules in force use; a live change shows at once."""
+    no_mask = RuleConfig.model_validate({"labels": ["face_no_mask"]})
+    no_hat = RuleConfig.model_validate({"labels": ["head_bare"]})
+    off = CameraRuleConfig.model_validate({"enabled": False})
+    cameras = {
+        "kitchen": CameraConfig(url="rtsp://h/a"),
+        "store": CameraConfig(url="rtsp://h/b", rules={"no_mask": off}),
+    }
+    rules = RuleEngine({"no_mask": no_mask, "no_hat": no_hat}, cameras=cameras)
+    assert rules.labels_for("kitchen") == {"face_no_mask", "head_bare"}
+    assert rules.labels_for("store") == {"head_bare"}
+    assert rules.labels_for("unknown") == {"face_no_mask", "head_bare"}  # rules as they are
+    rules.configure({"no_mask": no_mask, "no_hat": no_hat.model_copy(update={"enabled": False})})
+    assert rules.labels_for("kitchen") == {"face_no_mask"}
+    assert rules.labels_for("store") == frozenset()

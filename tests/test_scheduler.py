@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import av
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from agent.config import GatingConfig
-from agent.detect.gate import HIGH, LOW, WINDOW, ChangeGate, LoadGovernor, thumbnail
+from agent.detect.gate import HIGH, LOW, WINDOW, BoxCpu, ChangeGate, LoadGovernor, thumbnail
 
 VIDEO = Path(__file__).resolve().parents[2] / "shared" / "videos" / "bareheaded_people_indoor.mp4"
 
@@ -89,7 +90,7 @@ def test_real_video_people_walking_are_analysed_empty_room_skipped() -> None:
 def test_governor_stretches_under_load_and_recovers() -> None:
     """Busy above HIGH stretches the factor up to max_slowdown; idle brings it back to 1."""
     t = 1000.0
-    governor = LoadGovernor(max_slowdown=2.0, now=t)
+    governor = LoadGovernor(max_slowdown=2.0, now=t, box_cpu=lambda: 0.3)
     for _ in range(int(3 * WINDOW)):  # busy 0.95 s per second
         t += 1.0
         governor.record(0.95, mono=t)
@@ -107,9 +108,77 @@ def test_governor_stretches_under_load_and_recovers() -> None:
 def test_governor_leaves_a_comfortable_box_alone() -> None:
     """At 60 % busy (between LOW and HIGH) nothing changes."""
     t = 1000.0
-    governor = LoadGovernor(max_slowdown=4.0, now=t)
+    governor = LoadGovernor(max_slowdown=4.0, now=t, box_cpu=lambda: 0.6)
     for _ in range(int(3 * WINDOW)):
         t += 1.0
         governor.record(0.6, mono=t)
     assert governor.factor == 1.0
     assert governor.stretches == 0
+
+
+def test_governor_stretches_when_the_box_is_full_though_detection_has_time() -> None:
+    """Decoders starve when the whole box is busy: the factor grows even at 30 % detect load,
+    and comes back only once the box has room again."""
+    t = 1000.0
+    box = [0.98]
+    governor = LoadGovernor(max_slowdown=2.0, now=t, box_cpu=lambda: box[0])
+    for _ in range(int(3 * WINDOW)):
+        t += 1.0
+        governor.record(0.3, mono=t)
+    assert governor.factor == 2.0
+    assert governor.snapshot()["box_cpu"] == 0.98
+    box[0] = 0.9  # between BOX_LOW and BOX_HIGH: hold
+    for _ in range(int(3 * WINDOW)):
+        t += 1.0
+        governor.record(0.05, mono=t)
+    assert governor.factor == 2.0
+    box[0] = 0.5
+    for _ in range(int(6 * WINDOW)):
+        t += 1.0
+        governor.record(0.05, mono=t)
+    assert governor.factor == 1.0
+
+
+def test_governor_without_a_box_reading_judges_the_detect_thread_alone() -> None:
+    """box_cpu None (no /proc/stat): a busy detect thread still stretches, an idle one not."""
+    t = 1000.0
+    governor = LoadGovernor(max_slowdown=2.0, now=t, box_cpu=lambda: None)
+    for _ in range(int(3 * WINDOW)):
+        t += 1.0
+        governor.record(0.95, mono=t)
+    assert governor.factor == 2.0
+    assert governor.snapshot()["box_cpu"] is None
+
+
+def write_stat(path: Path, user: int, nice: int, system: int, idle: int) -> None:
+    path.write_text(
+        f"cpu  {user} {nice} {system} {idle} 0 0 0 0 0 0\ncpu0 1 2 3 4 0 0 0 0 0 0\n",
+        encoding="ascii",
+    )
+
+
+def test_box_cpu_reads_proc_stat_and_counts_nice_work_as_headroom(tmp_path: Path) -> None:
+    """Busy share between two reads; niced jiffies count as room; a bad file gives None."""
+    stat = tmp_path / "stat"
+    write_stat(stat, user=100, nice=0, system=50, idle=850)
+    meter = BoxCpu(stat)
+    assert meter.sample() is None  # the first read is the baseline
+    write_stat(stat, user=160, nice=300, system=70, idle=870)  # +80 busy, +300 nice, +20 idle
+    assert meter.sample() == pytest.approx(80 / 400)
+    stat.write_text("garbage\n", encoding="ascii")
+    assert meter.sample() is None
+    assert meter.unreadable
+    assert BoxCpu(tmp_path / "missing").sample() is None
+
+
+def test_box_cpu_reads_this_machine() -> None:
+    """On Linux the real /proc/stat gives a share in 0..1 once time has passed."""
+    meter = BoxCpu()
+    meter.sample()
+    deadline = time.monotonic() + 30
+    share = None
+    while share is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        share = meter.sample()
+    assert share is not None
+    assert 0.0 <= share <= 1.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -26,6 +26,13 @@ class ModelConfig(ConfigModel):
         ),
     )
     threads: int = Field(default=1, ge=1, le=64, description="intra-op threads for inference")
+    workers: Annotated[int, Field(ge=1, le=16)] | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "detectors that share a loaded turn's frames, each with its own sessions and"
+            " `threads` intra-op threads; auto: the usable cores / threads, at most 4"
+        ),
+    )
     conf_threshold: float = Field(
         default=0.25, ge=0.01, le=1, description="detections below this are discarded"
     )

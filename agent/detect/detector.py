@@ -13,6 +13,7 @@ says unambiguously which axis is which.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from agent.detect.backends import FloatArray, make_backend
+from agent.detect.backends import FloatArray, OnnxRuntimeBackend, make_backend
 from agent.detect.face import FaceMaskStage
 from agent.detect.model import ModelPackage, _is_int
 from agent.detect.views import TileDetection, View, Window, merge_tiles, touches_inner_edge
@@ -210,11 +211,13 @@ class Detector:
         self._rgb = package.color == "RGB"
         self._labels = package.labels
         self.variant = package.variant(precision, backend)
+        self._threads = threads
         self._backend = make_backend(backend, self.variant.onnx_path, threads)
         self._batch_size = self._check_input()
         self._transposed = self._check_output()
         self._canvas = np.empty((self._height, self._width, 3), dtype=np.uint8)
         face = package.stages.get("face") if stages else None
+        self._face_spec = face
         self._faces = (
             FaceMaskStage.from_dir(face.path, threads=threads, **face.options)
             if face is not None
@@ -233,6 +236,31 @@ class Detector:
             self._backend.name,
             threads,
         )
+
+    def twin(self) -> Detector:
+        """Another detector of the same package for another thread, sharing what is safe.
+
+        onnxruntime sessions may run from several threads at once, so the twin shares them:
+        the weights and the runtime's working memory are held once, not per detect worker
+        (one running detector holds about 140 MB, most of it the sessions' arenas). It gets
+        its own letterbox canvas. OpenVINO's single inference request and OpenCV's YuNet
+        object keep per-call state: those are made anew.
+
+        Raises:
+            ModelError: a backend made anew cannot load (it loaded once already: rare).
+        """
+        twin = copy.copy(self)
+        twin._canvas = np.empty_like(self._canvas)
+        if not isinstance(self._backend, OnnxRuntimeBackend):
+            twin._backend = make_backend(self._backend.name, self.variant.onnx_path, self._threads)
+        if self._faces is not None and self._face_spec is not None:
+            if self._faces.detector.backend == "onnxruntime":
+                twin._faces = copy.copy(self._faces)  # its own last_ms; the sessions shared
+            else:
+                twin._faces = FaceMaskStage.from_dir(
+                    self._face_spec.path, threads=self._threads, **self._face_spec.options
+                )
+        return twin
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -317,6 +345,11 @@ class Detector:
         """The package's face-first mask check, when it has one."""
         return self._faces
 
+    @property
+    def face_labels(self) -> frozenset[str]:
+        """The labels the face stage decides instead of the detector (empty without one)."""
+        return self._face_labels
+
     def detect_batch(self, frames_bgr: Sequence[UInt8Array]) -> list[list[Detection]]:
         """Detect objects in several frames, batched: calls of the model's fixed batch size, or
         of up to MAX_BATCH frames when its batch axis is dynamic (memory stays bounded).
@@ -392,28 +425,42 @@ class Detector:
         return results
 
     def detect_views(
-        self, frames_bgr: Sequence[UInt8Array], views: Sequence[View]
+        self,
+        frames_bgr: Sequence[UInt8Array],
+        views: Sequence[View],
+        faces: Sequence[bool] | None = None,
     ) -> list[list[Detection]]:
         """Detect in each frame's view (crop and tiles); boxes are 0..1 of the whole frame.
 
         All tiles of all frames go through the model together (in batches where the batch
-        axis allows). Frames whose view is whole take the plain path.
+        axis allows). ``faces`` says per frame whether the face stage runs on it (default:
+        on every frame); a frame without it keeps the detector's own face labels. The stage
+        costs more than the detector on a sub-stream picture, and a camera whose rules look
+        at no face label has no use for it.
 
         Raises:
-            ValueError: a frame is not an HxWx3 uint8 array, or views and frames differ in number.
+            ValueError: a frame is not an HxWx3 uint8 array, or views, faces and frames
+                differ in number.
             ModelError: inference failed.
         """
         if len(views) != len(frames_bgr):
             raise ValueError(f"{len(frames_bgr)} frame(s) but {len(views)} view(s)")
-        if all(v.is_whole for v in views):
-            return self.detect_batch(frames_bgr)
-        if self._faces is not None:
-            found = self.detect_views_plain(frames_bgr, views)
-            return [
-                self._with_faces(frame, dets, view)
-                for frame, dets, view in zip(frames_bgr, found, views, strict=True)
-            ]
-        return self.detect_views_plain(frames_bgr, views)
+        if faces is not None and len(faces) != len(frames_bgr):
+            raise ValueError(f"{len(frames_bgr)} frame(s) but {len(faces)} face flag(s)")
+        if self._faces is None or (faces is not None and not any(faces)):
+            if all(v.is_whole for v in views):
+                return self._detect_batch(frames_bgr)
+            return self.detect_views_plain(frames_bgr, views)
+        found = (
+            self._detect_batch(frames_bgr)
+            if all(v.is_whole for v in views)
+            else self.detect_views_plain(frames_bgr, views)
+        )
+        wanted = [True] * len(frames_bgr) if faces is None else faces
+        return [
+            self._with_faces(frame, dets, None if view.is_whole else view) if want else dets
+            for frame, dets, view, want in zip(frames_bgr, found, views, wanted, strict=True)
+        ]
 
     def detect_views_plain(
         self, frames_bgr: Sequence[UInt8Array], views: Sequence[View]

@@ -24,12 +24,23 @@ detect thread is busy; above ``HIGH`` it stretches every camera's interval by a 
 factor (up to ``max_slowdown``), below ``LOW`` it shrinks it back. Every camera keeps the
 same share (fair), the box degrades predictably, and the stretch is counted and reported
 in the heartbeat rather than hidden.
+
+The detect thread is not the only thing that can run out: its frames are shared among
+several detectors (:mod:`agent.detect.pool`) and the decoders need CPU too, so the governor
+also reads the whole box's CPU (``/proc/stat``, :class:`BoxCpu`). Above ``BOX_HIGH`` busy
+it stretches even while the detect thread has time (decoders that get no CPU stall and
+lose frames); it shrinks back only when the box is below ``BOX_LOW`` as well. Work run at a
+lower priority (``nice``: a backup, a training job) does not count as busy: it yields to
+the agent. A box with two idle cores and a busy detect thread was the old failure: the
+detect thread's share alone capped the agent at 1.44 of 2 cores.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -40,6 +51,8 @@ THUMB_SIZE = (64, 36)  # width, height: enough for "did anything move", cheap (2
 PIXEL_DELTA = 12.0  # grey levels a thumbnail pixel must change by to count as changed
 HIGH = 0.85  # busy share above which intervals stretch
 LOW = 0.5  # busy share below which they shrink back
+BOX_HIGH = 0.95  # whole-box CPU share above which intervals stretch
+BOX_LOW = 0.85  # ... and below which (with the detect thread below LOW) they may shrink
 STEP = 1.25  # factor per adjustment
 WINDOW = 20.0  # seconds of busy-time history per decision
 
@@ -104,12 +117,63 @@ class ChangeGate:
         }
 
 
-class LoadGovernor:
-    """Stretches all detection intervals together while the detect thread is overloaded."""
+class BoxCpu:
+    """The whole box's busy CPU share between two reads of ``/proc/stat``.
 
-    def __init__(self, max_slowdown: float, now: float | None = None) -> None:
-        """``now``: the monotonic start time (tests pass their own clock)."""
+    Busy is user + system + irq + softirq + steal time of all CPUs; ``nice`` time (work at a
+    lower priority, which yields to the agent), idle and iowait are headroom.
+    """
+
+    def __init__(self, path: Path = Path("/proc/stat")) -> None:
+        self.path = path
+        self._last: tuple[int, int] | None = None  # (busy, total) jiffies at the last read
+        self.unreadable = False
+
+    def _read(self) -> tuple[int, int] | None:
+        try:
+            with self.path.open(encoding="ascii") as stat:
+                first = stat.readline().split()
+        except OSError:
+            return None
+        if len(first) < 8 or first[0] != "cpu":
+            return None
+        try:
+            user, nice, system, idle, iowait, irq, softirq = (int(v) for v in first[1:8])
+            steal = int(first[8]) if len(first) > 8 else 0
+        except ValueError:
+            return None
+        busy = user + system + irq + softirq + steal
+        return busy, busy + nice + idle + iowait
+
+    def sample(self) -> float | None:
+        """Busy share since the previous call; None on the first call or when unreadable."""
+        now = self._read()
+        if now is None:
+            self.unreadable = True
+            return None
+        last, self._last = self._last, now
+        if last is None or now[1] <= last[1]:
+            return None
+        return min(1.0, max(0.0, (now[0] - last[0]) / (now[1] - last[1])))
+
+
+class LoadGovernor:
+    """Stretches all detection intervals together while detection or the box is overloaded."""
+
+    def __init__(
+        self,
+        max_slowdown: float,
+        now: float | None = None,
+        *,
+        box_cpu: Callable[[], float | None] | None = None,
+    ) -> None:
+        """``now``: the monotonic start time (tests pass their own clock); ``box_cpu``: the
+        whole box's busy share since it was last asked (default :meth:`BoxCpu.sample`; None
+        when unknown, then the detect thread alone decides)."""
         self.max_slowdown = max_slowdown
+        self._box_cpu = BoxCpu().sample if box_cpu is None else box_cpu
+        self._box_cpu()  # the first read only sets the baseline
+        self.box_share: float | None = None
         self.factor = 1.0
         self.stretches = 0  # times the factor went up
         self.degraded_seconds = 0.0
@@ -132,10 +196,13 @@ class LoadGovernor:
             return self.factor
         self._last_decision = now
         share = self.busy_share(now)
-        if share > HIGH and self.factor < self.max_slowdown:
+        box = self.box_share = self._box_cpu()
+        overloaded = share > HIGH or (box is not None and box > BOX_HIGH)
+        relaxed = share < LOW and (box is None or box < BOX_LOW)
+        if overloaded and self.factor < self.max_slowdown:
             self.factor = min(self.max_slowdown, self.factor * STEP)
             self.stretches += 1
-        elif share < LOW and self.factor > 1.0:
+        elif relaxed and self.factor > 1.0:
             self.factor = max(1.0, self.factor / STEP)
         return self.factor
 
@@ -145,10 +212,11 @@ class LoadGovernor:
         span = min(WINDOW, max(1e-6, now - self._since))
         return min(1.0, sum(b for _end, b in self._busy) / span)
 
-    def snapshot(self) -> dict[str, float | int]:
+    def snapshot(self) -> dict[str, float | int | None]:
         """State for the heartbeat."""
         return {
             "busy_share": round(self.busy_share(), 3),
+            "box_cpu": None if self.box_share is None else round(self.box_share, 3),
             "interval_scale": round(self.factor, 3),
             "stretches": self.stretches,
             "degraded_s": round(self.degraded_seconds, 1),

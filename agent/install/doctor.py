@@ -312,44 +312,57 @@ def inference_demand(cfg: AgentConfig) -> tuple[float, int, int]:
 def check_capacity(cfg: AgentConfig) -> Check:
     """Whether this box's inference rate covers what the cameras ask for.
 
-    Times a few single-frame inferences with the configured model, backend and threads
-    (the first, warm-up run not counted) and compares the rate with the demand of the enabled
-    cameras (tiles per analysed frame / detect_interval). Inference only: decoding takes
-    10-25 % of a core per camera on top (docs/performance.md). The agent does not fail when
-    it is short: its load governor stretches every camera's interval evenly.
+    Times a few turns of the configured detect workers (``model.workers``), each given one
+    720p frame at once, with the configured model, backend and threads (the first, warm-up
+    turn not counted), and compares the rate with the demand of the enabled cameras (tiles
+    per analysed frame / detect_interval). Inference only: decoding takes 10-25 % of a core
+    per camera on top (docs/performance.md). The agent does not fail when it is short: its
+    load governor stretches every camera's interval evenly.
     """
     import numpy as np  # noqa: PLC0415
 
     from agent.detect.detector import Detector  # noqa: PLC0415
     from agent.detect.gate import HIGH as GOVERNOR_BUSY  # noqa: PLC0415 - intervals stretch above
     from agent.detect.model import load_model_package  # noqa: PLC0415
+    from agent.detect.pool import DetectorPool, auto_workers  # noqa: PLC0415
+    from agent.detect.views import View  # noqa: PLC0415
 
     demand, cameras, tiled = inference_demand(cfg)
     if cameras == 0:
         return Check("capacity", OK, "no camera enabled")
+    model = cfg.model
+    workers = auto_workers(model.threads) if model.workers == "auto" else model.workers
     try:
-        detector = Detector(
-            load_model_package(cfg.model.path),
-            backend=cfg.model.backend,
-            threads=cfg.model.threads,
-            precision=cfg.model.precision,
+        package = load_model_package(model.path)
+        pool = DetectorPool(
+            lambda: Detector(
+                package, backend=model.backend, threads=model.threads, precision=model.precision
+            ),
+            workers,
         )
     except (AgentError, ValueError) as exc:
         return Check("capacity", WARN, f"not measured: the model does not load ({exc})")
-    frame = np.full((720, 1280, 3), 114, dtype=np.uint8)
-    detector.detect(frame)  # warm-up: first-run allocations
-    times = []
-    for _ in range(_CAPACITY_RUNS):
-        started = time.perf_counter()
-        detector.detect(frame)
-        times.append(time.perf_counter() - started)
+    frames = [np.full((720, 1280, 3), 114, dtype=np.uint8)] * workers
+    views = [View()] * workers
+    try:
+        pool.detect_views(frames, views)  # warm-up: first-run allocations
+        times = []
+        for _ in range(_CAPACITY_RUNS):
+            started = time.perf_counter()
+            pool.detect_views(frames, views)
+            times.append(time.perf_counter() - started)
+    except (AgentError, ValueError) as exc:
+        return Check("capacity", WARN, f"not measured: inference fails ({exc})")
+    finally:
+        pool.close()
     times.sort()
-    rate = 1.0 / max(1e-6, times[len(times) // 2])
+    rate = workers / max(1e-6, times[len(times) // 2])
     share = demand / rate
     detail = (
         f"cameras ask for {demand:.1f} inference(s)/s ({cameras} camera(s)"
         f"{f', {tiled} in tiles' if tiled else ''}); this box does {rate:.1f}/s with "
-        f"{cfg.model.threads} thread(s): {100 * share:.0f} % (inference only)"
+        f"{workers} worker(s) of {model.threads} thread(s): {100 * share:.0f} % "
+        "(inference only)"
     )
     if share <= CAPACITY_WARN_SHARE:
         return Check("capacity", OK, detail)
@@ -360,7 +373,7 @@ def check_capacity(cfg: AgentConfig) -> Check:
     return Check(
         "capacity",
         WARN,
-        f"{detail}; {outlook}: fewer tiles, a longer detect_interval, more model.threads "
+        f"{detail}; {outlook}: fewer tiles, a longer detect_interval, more model.workers "
         "or a faster box",
     )
 

@@ -224,6 +224,7 @@ class RuleEngine:
         self._cameras: dict[str, CameraConfig] = {}
         self._schedules: dict[str, tuple[ScheduleWindow, ...]] = {}
         self._targets: dict[str, dict[str, _Target | None]] = {}  # camera -> rule -> target
+        self._labels: dict[str, frozenset[str]] = {}  # camera -> labels its rules look at
         self._tracks: dict[tuple[str, str, str | None], _Track] = {}
         self._cadences: dict[str, _Cadence] = {}  # camera -> its frame gaps
         # configure() runs on the command thread, update() on the detect thread.
@@ -260,6 +261,7 @@ class RuleEngine:
             if schedules is not None:
                 self._schedules = {name: tuple(w) for name, w in schedules.items()}
             self._targets = {}
+            self._labels = {}
             kept: dict[tuple[str, str, str | None], _Track] = {}
             ended: list[Alert] = []
             for key, track in self._tracks.items():
@@ -303,6 +305,24 @@ class RuleEngine:
                     target = _Target(rule, zones) if zones else None
         per_camera[name] = target
         return target
+
+    def labels_for(self, camera_id: str) -> frozenset[str]:
+        """The labels the rules in force on ``camera_id`` look at (any schedule window).
+
+        The detect stage runs its dearer stages (the face stage) only on cameras whose rules
+        use their labels; a reload or a ``set`` changes the answer at once.
+        """
+        with self._lock:
+            labels = self._labels.get(camera_id)
+            if labels is None:
+                labels = frozenset(
+                    label
+                    for name in self.rules
+                    if (target := self._target(camera_id, name)) is not None
+                    for label in target.rule.labels
+                )
+                self._labels[camera_id] = labels
+            return labels
 
     def _threshold(self, rule: RuleConfig, label: str) -> float:
         if rule.min_confidence is not None:

@@ -56,6 +56,7 @@ from agent.detect.detector import Detector
 from agent.detect.food import FoodMonitor
 from agent.detect.gate import LoadGovernor
 from agent.detect.model import load_model_package
+from agent.detect.pool import DetectorPool, auto_workers
 from agent.detect.sampling import Capture, capture_directory
 from agent.errors import AgentError
 from agent.ingest.memory import map_large_buffers
@@ -262,6 +263,7 @@ class Agent:
         self.cameras.stop_all()
         self._wake.set()
         self._detect_thread.join(timeout=1.5)
+        self.detector.close()
         self._health_thread.join(timeout=1.0)
         for event in self.rules.close_all():  # running alerts end with reason agent_stop
             self.alerts.ended(event)
@@ -294,7 +296,7 @@ def _open_store(config: AgentConfig, started: float) -> Store:
     return outbox
 
 
-def _open_capture(config: AgentConfig, detector: Detector) -> Capture:
+def _open_capture(config: AgentConfig, detector: DetectorPool) -> Capture:
     """The labelling capture, told which confidence counts for the rules, per label."""
     package = detector.package
     thresholds = dict(package.thresholds)
@@ -305,21 +307,28 @@ def _open_capture(config: AgentConfig, detector: Detector) -> Capture:
     return Capture(config.capture, package.labels, thresholds, capture_directory(config))
 
 
-def _load_detector(config: AgentConfig) -> Detector:
-    """Load and verify the model package; warn about rule labels the model lacks.
+def _load_detector(config: AgentConfig) -> DetectorPool:
+    """Load and verify the model package, once per detect worker; warn about rule labels the
+    model lacks.
 
     Raises:
         ModelError: the model package is missing or invalid.
     """
     package = load_model_package(config.model.path)
-    detector = Detector(
-        package,
-        backend=config.model.backend,
-        threads=config.model.threads,
-        conf_threshold=config.model.conf_threshold,
-        iou_threshold=config.model.iou_threshold,
-        precision=config.model.precision,
-    )
+    model = config.model
+    workers = auto_workers(model.threads) if model.workers == "auto" else model.workers
+
+    def make() -> Detector:
+        return Detector(
+            package,
+            backend=model.backend,
+            threads=model.threads,
+            conf_threshold=model.conf_threshold,
+            iou_threshold=model.iou_threshold,
+            precision=model.precision,
+        )
+
+    pool = DetectorPool(make, workers)
     labels = {label for rule in config.rules.values() for label in rule.labels}
     missing = sorted(labels - set(package.labels))
     if missing:
@@ -329,7 +338,7 @@ def _load_detector(config: AgentConfig) -> Detector:
             package.version,
             ", ".join(missing),
         )
-    return detector
+    return pool
 
 
 def run_agent(

@@ -16,8 +16,8 @@ import threading
 import time
 from typing import Any
 
-from agent.detect.detector import Detector
 from agent.detect.gate import LoadGovernor
+from agent.detect.pool import DetectorPool
 from agent.detect.sampling import Capture
 from agent.detect.views import View
 from agent.errors import StoreError
@@ -40,7 +40,7 @@ class Pipeline:
         self,
         runtime: Runtime,
         cameras: Cameras,
-        detector: Detector,
+        detector: DetectorPool,
         rules: RuleEngine,
         writer: AlertWriter,
         *,
@@ -99,7 +99,9 @@ class Pipeline:
             t0 = time.perf_counter()
             views = cameras.views
             results = self.detector.detect_views(
-                [f.image for f in due], [views.get(f.camera_id, WHOLE) for f in due]
+                [f.image for f in due],
+                [views.get(f.camera_id, WHOLE) for f in due],
+                [self._wants_faces(f.camera_id) for f in due],
             )
             self.inference_seconds += time.perf_counter() - t0
             self.inferences += 1
@@ -127,6 +129,15 @@ class Pipeline:
         for reader in cameras.readers.values():
             reader.interval_scale = scale
 
+    def _wants_faces(self, camera_id: str) -> bool:
+        """Whether the package's face stage runs on this camera's frame: when one of the
+        camera's rules looks at a label the stage decides, or frames are captured for
+        labelling (their labels must be the best the box has)."""
+        face_labels = self.detector.face_labels
+        if not face_labels:
+            return False
+        return self.capture.config.enabled or bool(self.rules.labels_for(camera_id) & face_labels)
+
     def stats(self) -> dict[str, Any]:
         """The detector's side of the heartbeat (after the model id): backend, counts, load."""
         avg_ms = 1000 * self.inference_seconds / self.inferences if self.inferences else 0.0
@@ -136,6 +147,8 @@ class Pipeline:
             "inferences": self.inferences,
             "frames": self.frames_analysed,
             "avg_batch_ms": round(avg_ms, 2),
+            "workers": self.detector.workers,
+            "parallel_turns": self.detector.parallel_turns,
             **self.governor.snapshot(),
         }
 

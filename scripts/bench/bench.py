@@ -12,7 +12,8 @@ than ``--cores``).
 ``agent``
     the real agent (``agent.service.agent.Agent``: readers, detector, rules, evidence JPEGs,
     SQLite outbox, MQTT uplink to a local mosquitto) with the rule ``no_mask`` at
-    ``min_duration 0``, so each unmasked person raises an alert; frame gating is off (it
+    ``min_duration 0``, so each unmasked person raises an alert (``--faces off``: the rule
+    ``no_hat`` on ``head_bare`` instead, and the face stage does not run); frame gating is off (it
     would skip the still pictures and flatter the agent). Latency: the firing frame's decode
     time (``Frame.wall``) to the alert's commit in SQLite returning (fsync included).
 ``ffmpeg``
@@ -32,8 +33,11 @@ than ``--cores``).
 Every point runs in a fresh child process, so RSS and threads are that method's own; CPU is
 the child's (and its ffmpeg children's) CPU-seconds over the window, so other load on the
 machine does not inflate it, though it can make a method fall behind. The detector uses
-``--threads`` intra-op threads (default 2, the box's cores) in ``agent``, ``ffmpeg`` and
-``floor``; torch uses its default (all cores).
+``--threads`` intra-op threads (default 1) and ``--workers`` detectors sharing each turn's frames
+(default ``auto``: the cores / threads, as the agent's ``model.workers``; see
+``agent.detect.pool``) in ``agent``, ``ffmpeg`` and ``floor``; torch uses its default (all
+cores). ``--precisions fp32,int8`` runs those three once per detector variant (default
+``auto``: the package's default variant); ``common`` runs torch's fp32 once.
 
     .venv/bin/python scripts/bench/bench.py                            # ~20 min on 2 cores
     .venv/bin/python scripts/bench/bench.py --profiles 720p25-gop25 --methods agent,floor \\
@@ -254,6 +258,8 @@ class ChildResult:
     rss_mb: float = 0.0
     threads: int = 0
     startup_s: float = 0.0
+    precision: str = "auto"
+    workers: int = 1
     kept_up: bool = False
     why_not: str = ""
     notes: list[str] = field(default_factory=list)
@@ -323,10 +329,16 @@ def child_agent(a: argparse.Namespace) -> ChildResult:
         "identity": {"city": "bench", "school_id": "s-001", "box_id": "box-01"},
         "mqtt": {"url": a.broker},
         "cameras": cameras,
-        "model": {"path": str(a.model), "threads": a.threads},
+        "model": {
+            "path": str(a.model),
+            "threads": a.threads,
+            "workers": a.workers if a.workers == "auto" else int(a.workers),
+            "precision": a.precision,
+        },
         "rules": {
-            "no_mask": {
-                "labels": ["face_no_mask"],
+            # --faces off: a rule on head labels only, so the face stage does not run.
+            ("no_mask" if a.faces == "on" else "no_hat"): {
+                "labels": ["face_no_mask"] if a.faces == "on" else ["head_bare"],
                 "min_duration": 0,
                 "end_after": 2,
                 "cooldown": 0,
@@ -388,10 +400,12 @@ def child_agent(a: argparse.Namespace) -> ChildResult:
             latencies=lat,
             cores=a.cores,
         )
+        result.workers = running.pipeline.detector.workers
         governor = running.pipeline.governor.snapshot()
         modes = sorted({r.stats.decode_mode for r in running.cameras.readers.values()})
         result.notes.append(
-            f"decode {', '.join(modes)}; governor x{governor['interval_scale']}; "
+            f"decode {', '.join(modes)}; governor x{governor['interval_scale']}, box CPU "
+            f"{governor['box_cpu']}; {running.pipeline.detector.parallel_turns} turns shared; "
             f"{len(lat)} alerts committed in the window"
         )
     finally:
@@ -401,11 +415,27 @@ def child_agent(a: argparse.Namespace) -> ChildResult:
 
 
 def _onnx_detect(a: argparse.Namespace) -> Callable[[list[Any]], object]:
+    """The agent's detectors (``--workers`` of them, ``--precision``) as a detect function."""
     from agent.detect.detector import Detector  # noqa: PLC0415
     from agent.detect.model import load_model_package  # noqa: PLC0415
+    from agent.detect.pool import DetectorPool, auto_workers  # noqa: PLC0415
+    from agent.detect.views import View  # noqa: PLC0415
 
-    detector = Detector(load_model_package(a.model), backend="onnxruntime", threads=a.threads)
-    return detector.detect_batch
+    package = load_model_package(a.model)
+    workers = auto_workers(a.threads) if a.workers == "auto" else int(a.workers)
+    pool = DetectorPool(
+        lambda: Detector(package, backend="onnxruntime", threads=a.threads, precision=a.precision),
+        workers,
+    )
+    a.workers_used = workers
+    whole = View()
+
+    faces = a.faces == "on"
+
+    def detect(frames: list[Any]) -> object:
+        return pool.detect_views(frames, [whole] * len(frames), [faces] * len(frames))
+
+    return detect
 
 
 def measure_loop(
@@ -569,7 +599,11 @@ def child_main(argv: Sequence[str]) -> int:
     ap.add_argument("--model", type=Path, default=REPO / "models" / "default")
     ap.add_argument("--weights", type=Path)
     ap.add_argument("--workdir", type=Path)
+    ap.add_argument("--workers", default="auto")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--faces", choices=("on", "off"), default="on")
     a = ap.parse_args(argv)
+    a.workers_used = 1
     import logging  # noqa: PLC0415
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -577,6 +611,12 @@ def child_main(argv: Sequence[str]) -> int:
         result = CHILDREN[a.child](a)
     except BenchError as exc:
         result = ChildResult(a.child, a.profile, a.cameras, why_not=str(exc))
+    if a.child == "common":
+        result.precision = "fp32 (torch)"
+    else:
+        result.precision = a.precision
+        if a.child != "agent":
+            result.workers = a.workers_used
     print(json.dumps(asdict(result)), flush=True)
     return 0
 
@@ -584,7 +624,15 @@ def child_main(argv: Sequence[str]) -> int:
 # --------------------------------------------------------------------------- parent
 
 
-def run_point(args: argparse.Namespace, method: str, profile: Any, url: str, n: int) -> ChildResult:
+def run_point(
+    args: argparse.Namespace,
+    method: str,
+    profile: Any,
+    url: str,
+    n: int,
+    *,
+    precision: str = "auto",
+) -> ChildResult:
     python = args.train_python if method == "common" else Path(sys.executable)
     command = [
         str(python), str(Path(__file__).resolve()), "--child", method,
@@ -592,6 +640,7 @@ def run_point(args: argparse.Namespace, method: str, profile: Any, url: str, n: 
         "--cameras", str(n), "--width", str(profile.width), "--height", str(profile.height),
         "--fps", str(profile.fps), "--threads", str(args.threads), "--seconds", str(args.seconds),
         "--cores", str(args.cores), "--model", str(args.model), "--workdir", str(args.workdir),
+        "--workers", args.workers, "--precision", precision, "--faces", args.faces,
     ]  # fmt: skip
     if method == "common":
         command += ["--weights", str(args.weights)]
@@ -603,11 +652,19 @@ def run_point(args: argparse.Namespace, method: str, profile: Any, url: str, n: 
             command, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO
         )
     except subprocess.TimeoutExpired:
-        return ChildResult(method, profile.name, n, why_not=f"child did not finish in {timeout} s")
+        return ChildResult(
+            method,
+            profile.name,
+            n,
+            precision=precision,
+            why_not=f"child did not finish in {timeout} s",
+        )
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         tail = (done.stderr or done.stdout)[-1500:]
-        return ChildResult(method, profile.name, n, why_not=f"child failed: {tail}")
+        return ChildResult(
+            method, profile.name, n, precision=precision, why_not=f"child failed: {tail}"
+        )
     return ChildResult(**json.loads(lines[-1]))
 
 
@@ -622,11 +679,16 @@ TABLE_HEAD = (
 )
 
 
+def label(r: ChildResult) -> str:
+    """The method as the tables name it: with its detector variant when one was asked for."""
+    return r.method if r.precision in ("auto", "fp32 (torch)") else f"{r.method} {r.precision}"
+
+
 def table_row(r: ChildResult) -> str:
     per_camera = 100 * r.cpu_cores / r.cameras if r.cameras else 0.0
     kept = "yes" if r.kept_up else f"no ({r.why_not[:120]})"
     return (
-        f"| {r.method} | {r.cameras} | {r.cpu_cores:.2f} | {per_camera:.1f} % | "
+        f"| {label(r)} | {r.cameras} | {r.cpu_cores:.2f} | {per_camera:.1f} % | "
         f"{r.frames_per_camera_s:.2f} | {fmt(r.latency_p50_ms)} / {fmt(r.latency_p95_ms)} | "
         f"{r.rss_mb:.0f} | {r.threads} | {kept} |"
     )
@@ -646,7 +708,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--counts", default=DEFAULT_COUNTS, help="camera counts to try, in order")
     ap.add_argument("--seconds", type=float, default=15.0, help="measuring window per point")
     ap.add_argument("--cores", type=float, default=float(os.cpu_count() or 2))
-    ap.add_argument("--threads", type=int, default=2, help="ONNX intra-op threads")
+    ap.add_argument("--threads", type=int, default=1, help="ONNX intra-op threads per detector")
+    ap.add_argument(
+        "--workers", default="auto", help="detectors sharing a turn's frames (agent, ffmpeg, floor)"
+    )
+    ap.add_argument(
+        "--faces",
+        choices=("on", "off"),
+        default="on",
+        help="off: the agent's rule looks at head_bare (no face label), so the package's face "
+        "stage does not run; ffmpeg and floor skip it too",
+    )
+    ap.add_argument(
+        "--precisions",
+        default="auto",
+        help="detector variants for agent, ffmpeg and floor: auto (the package's default), "
+        "fp32, int8, or a list such as fp32,int8",
+    )
     ap.add_argument("--model", type=Path, default=REPO / "models" / "default")
     ap.add_argument("--weights", type=Path, help="the .pt for 'common' (default: the run's)")
     ap.add_argument("--train-python", type=Path, default=REPO / ".venv-train" / "bin" / "python")
@@ -670,6 +748,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         ap.error(f"unknown method(s) {', '.join(sorted(unknown))}; known: {', '.join(METHODS)}")
     args.count_list = [int(c) for c in args.counts.split(",")]
+    args.precision_list = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if args.workers != "auto" and not (args.workers.isdigit() and int(args.workers) >= 1):
+        ap.error(f"--workers must be auto or an integer >= 1, not {args.workers!r}")
     if args.weights is None:
         args.weights = next((w for w in DEFAULT_WEIGHTS if w.is_file()), DEFAULT_WEIGHTS[-1])
     return args
@@ -679,13 +760,11 @@ def summarize(points: Sequence[ChildResult]) -> dict[str, Any]:
     """Max cameras kept up per method, CPU per camera there, and ratios to the agent."""
     best: dict[str, ChildResult] = {}
     for p in points:
-        if p.kept_up and (p.method not in best or p.cameras > best[p.method].cameras):
-            best[p.method] = p
+        if p.kept_up and (label(p) not in best or p.cameras > best[label(p)].cameras):
+            best[label(p)] = p
     out: dict[str, Any] = {}
-    for method in METHODS:
-        tried = [p for p in points if p.method == method]
-        if not tried:
-            continue
+    for method in dict.fromkeys(label(p) for p in points):
+        tried = [p for p in points if label(p) == method]
         top = best.get(method)
         capped = bool(top) and all(p.kept_up for p in tried)
         out[method] = {
@@ -720,7 +799,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"- machine: {cpu_model()}, {os.cpu_count()} CPUs, load {loadavg()} at start")
     print(
         f"- one analysed frame per second per camera, {args.seconds:g} s windows, "
-        f"detector threads {args.threads}, weights for 'common': {args.weights.name}"
+        f"detector threads {args.threads}, workers {args.workers}, face stage {args.faces}, "
+        f"weights for 'common': {args.weights.name}"
     )
     if args.tiles != (1, 1):
         print(f"- the agent's cameras are analysed in {args.tiles[0]}x{args.tiles[1]} tiles")
@@ -742,12 +822,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\n## {profile.name}\n\n{TABLE_HEAD}", flush=True)
             mine: list[ChildResult] = []
             for method in args.method_list:
-                for n in args.count_list:
-                    point = run_point(args, method, profile, url, n)
-                    mine.append(point)
-                    print(table_row(point), flush=True)
-                    if not point.kept_up:
-                        break
+                variants = ["auto"] if method == "common" else args.precision_list
+                for precision in variants:
+                    for n in args.count_list:
+                        point = run_point(args, method, profile, url, n, precision=precision)
+                        mine.append(point)
+                        print(table_row(point), flush=True)
+                        if not point.kept_up:
+                            break
             # In run order (method, then N), each note once.
             notes = list(
                 dict.fromkeys(f"{p.method} N={p.cameras}: {n}" for p in mine for n in p.notes)
@@ -759,7 +841,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\nMax cameras kept up ({profile.name}):\n")
             print("| method | max cameras | % of a core per camera there | vs agent |")
             print("|---|---:|---:|---:|")
-            agent_max = summary[profile.name].get("agent", {}).get("max_cameras") or 0
+            agents = [v for k, v in summary[profile.name].items() if k.split()[0] == "agent"]
+            agent_max = max((v.get("max_cameras") or 0 for v in agents), default=0)
             for method, s in summary[profile.name].items():
                 more = "" if s["limit_reached"] else " (not reached)"
                 share = fmt(

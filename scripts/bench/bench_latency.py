@@ -201,13 +201,13 @@ class Probe:
         self.timings: dict[str, Timing] = {}
         self._lock = threading.Lock()
         self._last_detect: tuple[float, float, int] | None = None
-        detect_batch = running.detector.detect_batch
+        detect_views = running.detector.detect_views
         store_alert = running.alerts.raised
         record_alert = running.outbox.record_alert
 
-        def timed_detect(frames: Sequence[Image]) -> Any:
+        def timed_detect(frames: Sequence[Image], *args: Any, **kwargs: Any) -> Any:
             start = time.time()
-            result = detect_batch(frames)
+            result = detect_views(frames, *args, **kwargs)
             self._last_detect = (start, time.time(), len(frames))
             return result
 
@@ -236,7 +236,7 @@ class Probe:
                     timing.commit_start, timing.commit_end = start, end
             return result
 
-        hook(running.detector, "detect_batch", timed_detect)
+        hook(running.detector, "detect_views", timed_detect)
         hook(running.alerts, "raised", timed_store)
         hook(running.outbox, "record_alert", timed_record)
 
