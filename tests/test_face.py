@@ -30,6 +30,7 @@ from agent.detect.face import (
     FaceMaskStage,
     MaskClassifier,
     crop_face,
+    look_regions,
     shrink,
 )
 from agent.errors import ModelError
@@ -388,6 +389,7 @@ def test_a_replaced_stage_description_is_refused_naming_the_file(tmp_path: Path)
         ({"replaces": ["face_hat"]}, "stages.face.replaces"),
         ({"options": {"upscale": "big"}}, "stages.face.options"),
         ({"options": {"turbo": 1}}, "stages.face.options"),
+        ({"options": {"look": "everywhere"}}, "stages.face.options.look"),
         ({"dir": "../face"}, "stages.face.dir"),
         ({"meta_sha256": "abc"}, "stages.face.meta_sha256"),
         ({"colour": "red"}, "unknown fields: colour"),
@@ -453,3 +455,63 @@ def test_face_stage_boxes_follow_the_view_crop() -> None:
     left = detector.detect_views([frame], [View(crop=(0.0, 0.0, 0.5, 1.0))])[0]
     assert [d.label for d in on_face(right, shifted, 2 * width, height)] == ["face_no_mask"]
     assert not [d for d in left if d.label.startswith("face_")], left
+
+
+# --------------------------------------------------------------------------- a closer look
+
+
+def test_look_regions_cover_heads_and_merge_and_fall_back_to_the_frame() -> None:
+    """A person gives a square around its top; overlapping squares merge; too much -> None."""
+    regions = look_regions([("person_no_uniform", (100.0, 100.0, 160.0, 300.0))], 1280, 720)
+    assert regions is not None
+    assert len(regions) == 1
+    x1, y1, x2, y2 = regions[0]
+    assert x1 < 100  # wider than the person: context
+    assert x2 > 160
+    assert y1 < 100  # the head, in the top of the box, is inside
+    assert y2 > 190
+    assert y2 < 260  # the legs are not looked at
+    pair = look_regions(
+        [("head_bare", (400.0, 100.0, 430.0, 130.0)), ("face_mask", (420.0, 110.0, 440.0, 135.0))],
+        1280,
+        720,
+    )
+    assert pair is not None
+    assert len(pair) == 1  # overlapping squares merged
+    assert look_regions([("head_bare", (0.0, 0.0, 700.0, 700.0))], 1280, 720) is None
+    assert look_regions([("food_uncovered", (10.0, 10.0, 50.0, 50.0))], 1280, 720) == []
+    tiny = look_regions([("head_bare", (500.0, 300.0, 503.0, 303.0))], 1280, 720)
+    assert tiny is not None
+    assert tiny[0][2] - tiny[0][0] >= 40  # a few pixels of head still get a usable crop
+
+
+@needs_data
+def test_a_closer_look_at_people_finds_a_small_face_the_whole_frame_misses() -> None:
+    """A 20 px unmasked face in a 1920x1080 frame: the whole frame (shrunk to 0.35 MP, no
+    upscaled pass) misses it; a region around the person, looked at 2x closer, finds it at
+    the right place in frame pixels."""
+    picture, face = held_out_face(UNMASKED)
+    scale = 20.0 / (face[3] - face[1])
+    small = cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    frame = np.full((1080, 1920, 3), 90, np.uint8)
+    left, top = 1300, 600
+    frame[top : top + small.shape[0], left : left + small.shape[1]] = small
+    where = (
+        left + face[0] * scale,
+        top + face[1] * scale,
+        left + face[2] * scale,
+        top + face[3] * scale,
+    )
+    finder = FaceDetector(
+        MODELS / YUNET_DYNAMIC_FILE,
+        backend="onnxruntime",
+        upscale=2.0,
+        max_upscaled_pixels=500_000,
+        max_pixels=350_000,
+    )
+    assert not [f for f in finder.detect(frame) if iou(f.box, where) >= 0.3]
+    person = (where[0] - 20.0, where[1] - 10.0, where[2] + 20.0, where[3] + 120.0)
+    regions = look_regions([("person_no_uniform", person)], 1920, 1080)
+    assert regions
+    found = [f for f in finder.detect(frame, regions) if iou(f.box, where) >= 0.3]
+    assert len(found) == 1

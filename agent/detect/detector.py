@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.detect.backends import FloatArray, OnnxRuntimeBackend, make_backend
-from agent.detect.face import FaceMaskStage
+from agent.detect.face import HINT_PREFIXES, FaceMaskStage
 from agent.detect.model import ModelPackage, _is_int
 from agent.detect.views import TileDetection, View, Window, merge_tiles, touches_inner_edge
 from agent.errors import ModelError
@@ -383,6 +383,19 @@ class Detector:
         x0, y0, x1, y1 = view.bounds(width, height) if view is not None else (0, 0, width, height)
         part = frame[y0:y1, x0:x1] if (x0, y0, x1, y1) != (0, 0, width, height) else frame
         cw, ch = x1 - x0, y1 - y0
+        hints = [  # the detector's boxes in the part's pixels: where to look closer
+            (
+                d.label,
+                (
+                    d.box[0] * width - x0,
+                    d.box[1] * height - y0,
+                    d.box[2] * width - x0,
+                    d.box[3] * height - y0,
+                ),
+            )
+            for d in found
+            if d.label.startswith(HINT_PREFIXES)
+        ]
         faces = [
             Detection(
                 d.label,
@@ -395,7 +408,7 @@ class Detector:
                     (y0 + d.box[3] * ch) / height,
                 ),
             )
-            for d in self._faces.detect(part)
+            for d in self._faces.detect(part, hints)
             if d.confidence >= self._conf
         ]
         kept = [d for d in found if d.label not in self._face_labels]

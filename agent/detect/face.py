@@ -85,7 +85,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.detect.datasets import AGENT_LABELS
-from agent.detect.model import verified_file
+from agent.detect.model import FACE_LOOKS, verified_file
 from agent.errors import ModelError
 from agent.records import Detection
 
@@ -129,6 +129,21 @@ _YUNET_STRIDES: Final = (8, 16, 32)
 _YUNET_DIVISOR: Final = 32
 #: How YuNet can be run (:class:`FaceDetector`'s ``backend``).
 FACE_BACKENDS: Final = ("onnxruntime", "opencv")
+#: Where the stage's closer look goes (:class:`FaceMaskStage`'s ``look``): ``frame``, the
+#: whole frame upscaled; ``people``, only around the people, heads and faces the detector
+#: found (:func:`look_regions`).
+LOOKS: Final = FACE_LOOKS
+#: Label prefixes of the detector's boxes that say where faces can be.
+HINT_PREFIXES: Final = ("person", "head", "face")
+#: A person's box: the top share of it holds the head (standing or bending over a counter).
+PERSON_HEAD_SHARE: Final = 0.45
+#: A look region is a square this many times the hint's side, centred on it: YuNet needs
+#: some context around a face, and a head box from a small picture is loose.
+REGION_SCALE: Final = 1.6
+#: Regions are at least this wide (frame pixels): a 6 px head box still gets a useful crop.
+MIN_REGION_PX: Final = 48.0
+#: When the regions cover more than this share of the frame, the whole frame is looked at.
+MAX_REGION_SHARE: Final = 0.6
 
 
 def _sha256_of(path: Path) -> str:
@@ -198,6 +213,52 @@ def crop_face(
         source, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     return np.asarray(crop, dtype=np.uint8)
+
+
+def look_regions(
+    hints: Sequence[tuple[str, PixelBox]], width: int, height: int
+) -> list[PixelBox] | None:
+    """Where a closer look can find faces: squares around the detector's people and heads.
+
+    ``hints`` are (label, box in frame pixels). A person's box gives its top
+    :data:`PERSON_HEAD_SHARE`; a head or face box itself. Each becomes a square of
+    :data:`REGION_SCALE` times its longer side (at least :data:`MIN_REGION_PX`), clipped to
+    the frame; overlapping squares are merged into the rectangle around both. Returns None
+    when the regions cover more than :data:`MAX_REGION_SHARE` of the frame (look at all of
+    it), an empty list when there is no hint (no closer look).
+    """
+    boxes: list[list[float]] = []
+    for label, (x1, y1, x2, y2) in hints:
+        if not label.startswith(HINT_PREFIXES):
+            continue
+        bottom = y1 + PERSON_HEAD_SHARE * (y2 - y1) if label.startswith("person") else y2
+        half = max(x2 - x1, bottom - y1, MIN_REGION_PX / REGION_SCALE) * REGION_SCALE / 2.0
+        cx, cy = (x1 + x2) / 2.0, (y1 + bottom) / 2.0
+        box = [
+            max(0.0, cx - half),
+            max(0.0, cy - half),
+            min(width, cx + half),
+            min(height, cy + half),
+        ]
+        if box[2] - box[0] >= 1.0 and box[3] - box[1] >= 1.0:
+            boxes.append(box)
+    merged = True
+    while merged:  # a handful of boxes: the quadratic merge is cheap
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    boxes[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    area = sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes)
+    if area > MAX_REGION_SHARE * width * height:
+        return None
+    return [(b[0], b[1], b[2], b[3]) for b in boxes]
 
 
 def crops_to_tensor(crops: Sequence[UInt8Array]) -> FloatArray:
@@ -403,8 +464,16 @@ class FaceDetector:
         ).reshape(-1)
         return found[keep_nms]
 
-    def detect(self, frame_bgr: UInt8Array) -> list[Face]:
+    def detect(
+        self, frame_bgr: UInt8Array, regions: Sequence[PixelBox] | None = None
+    ) -> list[Face]:
         """Faces in a BGR frame, best score first; boxes in the frame's pixels.
+
+        ``regions`` (frame pixels; see :func:`look_regions`) restrict the upscaled pass to
+        those parts of the frame, all at one factor chosen so they hold at most
+        ``max_upscaled_pixels`` together (up to ``upscale``); a region is looked at only
+        when that is at least :data:`MIN_USEFUL_UPSCALE` times closer than the native pass.
+        None: the whole frame, as :meth:`upscale_for` says.
 
         Raises:
             ValueError: the frame is not HxWx3 uint8.
@@ -418,22 +487,27 @@ class FaceDetector:
             rows = [self._run(shrink(frame_bgr, size))]
         else:
             rows = [self._run(frame_bgr)]
-        scales = [native]
-        factor = self.upscale_for(width, height)
-        if factor > 1.0:
-            size = (round(width * factor), round(height * factor))
-            upscaled = cv2.resize(frame_bgr, size, interpolation=cv2.INTER_LINEAR)
-            rows.append(self._run(np.asarray(upscaled, dtype=np.uint8)))
-            scales.append(factor)
+        passes: list[tuple[float, float, float]] = [(native, 0.0, 0.0)]  # scale, x0, y0
+        if regions is None:
+            factor = self.upscale_for(width, height)
+            if factor > 1.0:
+                size = (round(width * factor), round(height * factor))
+                upscaled = cv2.resize(frame_bgr, size, interpolation=cv2.INTER_LINEAR)
+                rows.append(self._run(np.asarray(upscaled, dtype=np.uint8)))
+                passes.append((factor, 0.0, 0.0))
+        elif regions:
+            self._look_closer(frame_bgr, regions, native, rows, passes)
         boxes: list[list[float]] = []  # x, y, w, h in frame pixels
         points: list[tuple[tuple[float, float], ...]] = []
         scores: list[float] = []
-        for found, scale in zip(rows, scales, strict=True):
+        for found, (scale, ox, oy) in zip(rows, passes, strict=True):
             for row in found:
-                boxes.append([float(v) / scale for v in row[:4]])
+                x, y, w, h = (float(v) / scale for v in row[:4])
+                boxes.append([x + ox, y + oy, w, h])
                 points.append(
                     tuple(
-                        (float(row[k]) / scale, float(row[k + 1]) / scale) for k in range(4, 14, 2)
+                        (float(row[k]) / scale + ox, float(row[k + 1]) / scale + oy)
+                        for k in range(4, 14, 2)
                     )
                 )
                 scores.append(float(row[_SCORE_COLUMN]))
@@ -452,6 +526,31 @@ class FaceDetector:
             if x2 - x1 >= 1.0 and y2 - y1 >= 1.0:
                 faces.append(Face((x1, y1, x2, y2), min(1.0, scores[i]), points[i]))
         return faces
+
+    def _look_closer(
+        self,
+        frame_bgr: UInt8Array,
+        regions: Sequence[PixelBox],
+        native: float,
+        rows: list[npt.NDArray[np.float32]],
+        passes: list[tuple[float, float, float]],
+    ) -> None:
+        """The upscaled pass over ``regions`` only; appends each region's rows and pass."""
+        height, width = frame_bgr.shape[:2]
+        area = sum(max(1.0, (x2 - x1) * (y2 - y1)) for x1, y1, x2, y2 in regions)
+        factor = min(self.upscale, math.sqrt(self.max_upscaled_pixels / area))
+        if factor < native * MIN_USEFUL_UPSCALE:
+            return
+        for x1, y1, x2, y2 in regions:
+            rx0, ry0 = max(0, math.floor(x1)), max(0, math.floor(y1))
+            rx1, ry1 = min(width, math.ceil(x2)), min(height, math.ceil(y2))
+            if rx1 - rx0 < 2 or ry1 - ry0 < 2:
+                continue
+            size = (round((rx1 - rx0) * factor), round((ry1 - ry0) * factor))
+            crop = frame_bgr[ry0:ry1, rx0:rx1]
+            closer = cv2.resize(crop, size, interpolation=cv2.INTER_LINEAR)
+            rows.append(self._run(np.asarray(closer, dtype=np.uint8)))
+            passes.append((factor, float(rx0), float(ry0)))
 
     def __repr__(self) -> str:
         return (
@@ -683,8 +782,11 @@ class FaceMaskStage:
 
     Faces whose mouth lies outside the frame (cut by its edge) are left undecided when
     ``skip_cut_faces`` (the crop would show only eyes and forehead), and faces smaller than
-    ``min_face_px`` (sqrt of the box area, frame pixels) are left out. ``last_ms`` holds the
-    time the last frame took: (finding faces, deciding masks), milliseconds.
+    ``min_face_px`` (sqrt of the box area, frame pixels) are left out. ``look`` says where
+    the upscaled pass looks (:data:`LOOKS`): ``people`` only around the detector's people,
+    heads and faces given as ``hints`` (:func:`look_regions`), which costs a fraction of the
+    whole frame where few people are and looks closer at them. ``last_ms`` holds the time
+    the last frame took: (finding faces, deciding masks), milliseconds.
     """
 
     def __init__(
@@ -694,9 +796,13 @@ class FaceMaskStage:
         *,
         skip_cut_faces: bool = True,
         min_face_px: float = 0.0,
+        look: str = "frame",
     ) -> None:
         if min_face_px < 0:
             raise ValueError(f"min_face_px must be >= 0, got {min_face_px}")
+        if look not in LOOKS:
+            raise ValueError(f"look must be one of {', '.join(LOOKS)}, got {look!r}")
+        self.look = look
         self.detector = detector
         self.classifier = classifier
         self.skip_cut_faces = skip_cut_faces
@@ -711,6 +817,7 @@ class FaceMaskStage:
         threads: int = 1,
         skip_cut_faces: bool = True,
         min_face_px: float = 0.0,
+        look: str = "frame",
         **detector_options: Any,
     ) -> FaceMaskStage:
         """Load a face model folder (``models/default/face``), both files checked by sha256.
@@ -755,15 +862,24 @@ class FaceMaskStage:
             finder = FaceDetector(yunet, backend=backend, threads=threads, **detector_options)
         except TypeError as exc:  # an option the detector does not know, from a manifest
             raise ModelError(f"{meta_path}: face stage option: {exc}") from exc
-        return cls(
-            finder,
-            classifier,
-            skip_cut_faces=skip_cut_faces,
-            min_face_px=min_face_px,
-        )
+        try:
+            return cls(
+                finder,
+                classifier,
+                skip_cut_faces=skip_cut_faces,
+                min_face_px=min_face_px,
+                look=look,
+            )
+        except ValueError as exc:
+            raise ModelError(f"{meta_path}: face stage option: {exc}") from exc
 
-    def analyse(self, frame_bgr: UInt8Array) -> list[FaceDecision]:
+    def analyse(
+        self, frame_bgr: UInt8Array, hints: Sequence[tuple[str, PixelBox]] | None = None
+    ) -> list[FaceDecision]:
         """Every face in the frame with its P(no mask), best face score first.
+
+        ``hints``: the detector's boxes (label, frame pixels), used when ``look`` is
+        ``people``; None (no detector ran) looks at the whole frame either way.
 
         Raises:
             ValueError: the frame is not HxWx3 uint8.
@@ -771,9 +887,14 @@ class FaceMaskStage:
         """
         started = time.perf_counter()
         height, width = frame_bgr.shape[:2]
+        regions = (
+            look_regions(hints, width, height)
+            if self.look == "people" and hints is not None
+            else None
+        )
         faces = [
             face
-            for face in self.detector.detect(frame_bgr)
+            for face in self.detector.detect(frame_bgr, regions)
             if (not self.skip_cut_faces or face.mouth_in(width, height))
             and _side(face.box) >= self.min_face_px
         ]
@@ -786,7 +907,9 @@ class FaceMaskStage:
             for face, p in zip(faces, no_mask, strict=True)
         ]
 
-    def detect(self, frame_bgr: UInt8Array) -> list[Detection]:
+    def detect(
+        self, frame_bgr: UInt8Array, hints: Sequence[tuple[str, PixelBox]] | None = None
+    ) -> list[Detection]:
         """Faces as detections (boxes normalised to 0..1, the detector's labels and class ids).
 
         Raises:
@@ -794,7 +917,7 @@ class FaceMaskStage:
             ModelError: a model fails to run.
         """
         height, width = frame_bgr.shape[:2]
-        return to_detections(self.analyse(frame_bgr), width, height)
+        return to_detections(self.analyse(frame_bgr, hints), width, height)
 
 
 def to_detections(decisions: Sequence[FaceDecision], width: int, height: int) -> list[Detection]:

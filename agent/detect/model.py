@@ -79,8 +79,18 @@ FORMATS: Final = (MANIFEST_FORMAT, STAGED_FORMAT)
 #: Stage kinds this agent runs, and the options each passes on to its models.
 STAGE_KINDS: Final = ("face",)
 FACE_OPTIONS: Final = frozenset(
-    {"score_threshold", "nms_threshold", "top_k", "upscale", "max_upscaled_pixels", "max_pixels"}
+    {
+        "score_threshold",
+        "nms_threshold",
+        "top_k",
+        "upscale",
+        "max_upscaled_pixels",
+        "max_pixels",
+        "look",
+    }
 )
+#: The face stage's ``look`` option (where its upscaled pass looks; agent.detect.face.LOOKS).
+FACE_LOOKS: Final = ("frame", "people")
 OUTPUT_CONVENTIONS: Final = ("yolo",)
 DEFAULT_SCALE: Final = 1.0 / 255.0
 
@@ -266,8 +276,17 @@ def _stage_problems(where: str, spec: dict[str, Any], labels: list[Any]) -> list
     options = spec.get("options", {})
     if not isinstance(options, dict) or not set(options) <= FACE_OPTIONS:
         problems.append(f"'{where}.options' may set only {', '.join(sorted(FACE_OPTIONS))}")
-    elif any(isinstance(v, bool) or not isinstance(v, int | float) for v in options.values()):
-        problems.append(f"'{where}.options' values must be numbers")
+    elif options.get("look", "frame") not in FACE_LOOKS:
+        problems.append(
+            f"'{where}.options.look' must be one of {', '.join(FACE_LOOKS)}, "
+            f"not {options['look']!r}"
+        )
+    elif any(
+        isinstance(v, bool) or not isinstance(v, int | float)
+        for k, v in options.items()
+        if k != "look"
+    ):
+        problems.append(f"'{where}.options' values must be numbers (look: a word)")
     return problems
 
 

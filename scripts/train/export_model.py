@@ -64,7 +64,12 @@ _FACE_LICENSE = (
     " on face crops of the facemask data (see face/MODEL_CARD.md)."
 )
 #: The face stage's options in the shipped package (chosen on val, see the model card).
-FACE_OPTIONS: dict[str, Any] = {"upscale": 2.0, "max_upscaled_pixels": 500000, "max_pixels": 350000}
+FACE_OPTIONS: dict[str, Any] = {
+    "upscale": 2.0,
+    "max_upscaled_pixels": 500000,
+    "max_pixels": 350000,
+    "look": "people",
+}
 #: Labels the face stage decides instead of the detector.
 FACE_REPLACES = ("face_mask", "face_no_mask")
 # Which labels are violations, and of which type (the rule names in configs/example.yaml).
