@@ -417,21 +417,28 @@ class CountingBackend:
 
 
 def test_batch_equals_single_in_calls_of_at_most_max_batch(package: ModelPackage) -> None:
-    """With a dynamic batch axis, detect_batch makes one inference call per MAX_BATCH frames,
+    """With a dynamic batch axis, detect_batch makes one inference call per max_batch frames,
     none padded, and returns, frame by frame, what detect returns; frames may differ in size."""
-    detector = Detector(package)
+    detector = Detector(package, max_batch=4)
     assert detector.batch_size is None
     frames = squares_frames()
-    assert len(frames) == MAX_BATCH + 1
+    assert len(frames) == 5
     singles = [detector.detect(f) for f in frames]
     counter = CountingBackend(detector._backend)
     detector._backend = counter
     batched = detector.detect_batch(frames)
     assert counter.calls == 2
-    assert counter.sizes == [MAX_BATCH, 1]
+    assert counter.sizes == [4, 1]
     assert_same(batched, singles)
     assert sum(len(d) for d in batched) == 4
     assert detector.detect_batch([]) == []
+    default = Detector(package)  # MAX_BATCH: one frame per call (memory, no CPU lost)
+    counter = CountingBackend(default._backend)
+    default._backend = counter
+    assert_same(default.detect_batch(frames), singles)
+    assert counter.sizes == [MAX_BATCH] * len(frames)
+    with pytest.raises(ValueError, match="max_batch"):
+        Detector(package, max_batch=0)
 
 
 @pytest.mark.parametrize(("fixed", "calls"), [(1, 5), (2, 3)])

@@ -84,6 +84,12 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3
         # Idle worker threads spin by default; on a 2-4 core box that steals CPU from decoding.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # A memory pattern is a planned block per input shape (batch 1-4 here), kept in the
+        # session's arena: 2 detectors on 16 frames of 720p held 25 MB less without them (44 MB
+        # with the face stage's), for 1-2 % more CPU per detect_batch (bench_decoder_memory.py
+        # --detect-memory / --detect-cpu). The arena itself stays: without it every large
+        # tensor is mapped afresh (agent.ingest.memory), +8 % CPU for this session.
+        options.enable_mem_pattern = False
         try:
             self._session = ort.InferenceSession(
                 str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]

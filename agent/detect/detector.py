@@ -37,11 +37,13 @@ PAD_VALUE: Final = 114
 # Candidates kept for NMS after the confidence threshold, highest first. Bounds NMS cost when a
 # badly chosen threshold lets thousands of anchors through.
 MAX_NMS_CANDIDATES: Final = 2048
-#: Images per inference call for a model with a dynamic batch axis. On a CPU a larger batch
-#: buys almost nothing per image (0.91-1.08x, scripts/bench/bench_detect.py) but the runtime keeps
-#: the activations of the largest batch it ever ran: 24 tiles in one call held about 670 MB
-#: more than 6 (scripts/bench.py --tiles 2x2).
-MAX_BATCH: Final = 4
+#: Images per inference call for a model with a dynamic batch axis (``Detector(max_batch=)``).
+#: On a CPU a larger batch buys nothing per image (0.91-1.08x, scripts/bench/bench_detect.py;
+#: int8 with two workers on 16 720p frames, side by side: 18.6-19.7 ms per frame at batch 1,
+#: 19.2-19.4 at 4) but the runtime keeps the activations of the largest batch it ever ran:
+#: batch 4 held 35 MB more than batch 1 with two workers (20 MB with one), and 24 tiles in one
+#: call about 670 MB more than 6 (scripts/bench.py --tiles 2x2).
+MAX_BATCH: Final = 1
 
 UInt8Array = npt.NDArray[np.uint8]
 
@@ -180,6 +182,7 @@ class Detector:
         max_detections: int = 100,
         stages: bool = True,
         precision: str = "auto",
+        max_batch: int = MAX_BATCH,
     ) -> None:
         """Load the package's ONNX file with ``backend`` and check it against the manifest.
 
@@ -187,6 +190,7 @@ class Detector:
         (``model eval --stage detector`` scores it that way). ``precision`` picks the
         detector's variant: ``auto`` the package's ``default_variant`` where it is meant for
         ``backend``, ``fp32`` its main file, ``int8`` (or another name) that variant.
+        ``max_batch``: frames per inference call when the batch axis is dynamic.
 
         Raises:
             ModelError: unknown or missing backend, the ONNX file cannot be loaded, or its input
@@ -199,12 +203,15 @@ class Detector:
             raise ValueError(f"conf_threshold must be in 0..1, not {conf_threshold!r}")
         if not 0.0 < iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], not {iou_threshold!r}")
+        if not _is_int(max_batch) or max_batch < 1:
+            raise ValueError(f"max_batch must be an integer >= 1, not {max_batch!r}")
         if not _is_int(max_detections) or max_detections < 1:
             raise ValueError(f"max_detections must be an integer >= 1, not {max_detections!r}")
         self._package = package
         self._conf = float(conf_threshold)
         self._iou = float(iou_threshold)
         self._max_det = int(max_detections)
+        self._max_batch = int(max_batch)
         self._width = package.input_width
         self._height = package.input_height
         self._scale = package.scale
@@ -352,7 +359,7 @@ class Detector:
 
     def detect_batch(self, frames_bgr: Sequence[UInt8Array]) -> list[list[Detection]]:
         """Detect objects in several frames, batched: calls of the model's fixed batch size, or
-        of up to MAX_BATCH frames when its batch axis is dynamic (memory stays bounded).
+        of up to ``max_batch`` frames when its batch axis is dynamic (memory stays bounded).
 
         Frames may differ in size. Returns one list per frame, in order. A package with a
         face stage also runs it on every frame (see :meth:`_with_faces`).
@@ -427,7 +434,7 @@ class Detector:
         """The detector alone on whole frames (or tiles), batched."""
         if not frames_bgr:
             return []
-        chunk = self._batch_size or min(len(frames_bgr), MAX_BATCH)
+        chunk = self._batch_size or min(len(frames_bgr), self._max_batch)
         results: list[list[Detection]] = []
         for start in range(0, len(frames_bgr), chunk):
             part = frames_bgr[start : start + chunk]

@@ -582,7 +582,15 @@ def shrink(frame: UInt8Array, size: tuple[int, int]) -> UInt8Array:
 
 def session_options(threads: int) -> Any:
     """onnxruntime session options for a small model beside the detector: ``threads``
-    intra-op threads that sleep when idle, one inter-op thread, warnings and above only."""
+    intra-op threads that sleep when idle, one inter-op thread, warnings and above only, and
+    no memory patterns.
+
+    YuNet's input size follows each frame, and onnxruntime plans and keeps a memory pattern
+    per input shape: the face sessions held about 25 MB less without them after 2 detectors
+    ran 16 frames of 720p, for no measurable CPU (scripts/bench/bench_decoder_memory.py
+    --detect-memory / --detect-cpu). Their arenas stay: without them YuNet's large tensors
+    are mapped afresh on every pass (agent.ingest.memory), +46 % CPU per detect_batch.
+    """
     import onnxruntime as ort  # noqa: PLC0415 - keep import time off the CLI's fast paths
 
     options = ort.SessionOptions()
@@ -590,6 +598,7 @@ def session_options(threads: int) -> Any:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_mem_pattern = False
     return options
 
 

@@ -8,10 +8,10 @@ per second, ms per batch (median and p90 over the timed calls), the CPU cores th
 really used (process CPU time / wall time from ``resource.getrusage``, all threads) and images
 per second per core used. Configurations are measured in interleaved rounds (each round times
 every configuration once, in an order rotated per round), so a slow spell on this shared
-machine hits them all alike: compare cells of one run, not across runs. ``detect_batch`` runs
-a dynamic-batch model in calls of at most ``agent.detect.detector.MAX_BATCH`` (4) images, so
-"batch 8"
-is two inference calls, as in the agent.
+machine hits them all alike: compare cells of one run, not across runs. Here ``detect_batch``
+runs a batch in one inference call (``max_batch=8``); the agent makes calls of
+``agent.detect.detector.MAX_BATCH`` (1) frame, since a larger batch gains nothing per image
+on a CPU and holds more memory.
 
 ``--stages`` adds the older tables: letterbox, inference, decode + NMS and detect_batch in ms
 per frame at batch 1 and 4 per backend, and cv2 NMS against a numpy loop. With
@@ -192,7 +192,7 @@ def bench_throughput(
 ) -> list[Cell]:
     """Measure every (backend, threads, batch) in ``rounds`` interleaved rounds."""
     detectors = {
-        (backend, n): Detector(package, backend=backend, threads=n)
+        (backend, n): Detector(package, backend=backend, threads=n, max_batch=8)
         for backend in backends
         for n in threads
     }
@@ -329,7 +329,7 @@ def print_stages(
     print("|---|---:|---:|---:|---:|---:|")
     rows: list[dict[str, Any]] = []
     for backend in backends:
-        detector = Detector(package, backend=backend, threads=threads)
+        detector = Detector(package, backend=backend, threads=threads, max_batch=8)
         for batch in (1, 4):
             cells = bench_detector(detector, (frames * 4)[:batch], runs)
             print(f"| {backend} | {batch} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
