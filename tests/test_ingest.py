@@ -255,6 +255,7 @@ def test_slot_keeps_newest_and_counts_drops() -> None:
     assert frame is not None
     assert frame.wall == 4.0
     assert slot.dropped == 4
+    assert slot.offered == 5  # the load governor's base: dropped / offered
     assert slot.take() is None
 
 

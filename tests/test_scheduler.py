@@ -182,3 +182,22 @@ def test_box_cpu_reads_this_machine() -> None:
         share = meter.sample()
     assert share is not None
     assert 0.0 <= share <= 1.0
+
+
+def test_a_busy_detect_thread_that_loses_no_frame_is_not_stretched() -> None:
+    """With the slots' counts: busy 95 % but every frame taken -> no stretch (the pool has
+    room); the same load with 10 % of the frames dropped -> stretched."""
+    t = 1000.0
+    calm = LoadGovernor(max_slowdown=2.0, now=t, box_cpu=lambda: 0.6)
+    short = LoadGovernor(max_slowdown=2.0, now=t, box_cpu=lambda: 0.6)
+    offered = dropped = 0
+    for _ in range(int(3 * WINDOW)):
+        t += 1.0
+        offered += 20
+        calm.record(0.95, mono=t, frames=(offered, 0))
+        dropped += 2
+        short.record(0.95, mono=t, frames=(offered, dropped))
+    assert calm.factor == 1.0
+    assert calm.snapshot()["dropped_share"] == 0.0
+    assert short.factor == 2.0
+    assert short.snapshot()["dropped_share"] == pytest.approx(0.1, abs=0.01)

@@ -34,10 +34,12 @@ class FrameSlot:
         self._frame: Frame | None = None
         self._wake = wake
         self.dropped = 0
+        self.offered = 0  # frames put, dropped ones included: the load governor's base
 
     def put(self, frame: Frame) -> None:
         """Offer a frame; replaces (and counts as dropped) one not yet taken."""
         with self._lock:
+            self.offered += 1
             if self._frame is not None:
                 self.dropped += 1
             self._frame = frame

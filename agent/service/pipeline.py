@@ -125,7 +125,11 @@ class Pipeline:
                     self.writer.raised(event)
                 else:
                     self.writer.ended(event)
-        scale = self.governor.record(time.perf_counter() - started)
+        slots = list(cameras.slots.values())
+        scale = self.governor.record(
+            time.perf_counter() - started,
+            frames=(sum(s.offered for s in slots), sum(s.dropped for s in slots)),
+        )
         for reader in cameras.readers.values():
             reader.interval_scale = scale
 
