@@ -378,13 +378,13 @@ def check_capacity(cfg: AgentConfig) -> Check:
     )
 
 
-#: The agent's memory (RSS, all threads) as a line through the points of
-#: ``scripts/bench/bench.py --methods agent --profiles 720p25-gop25 --counts 1,4,8,12,16``
-#: (2026-12-06, 2-core AMD EPYC, a training job beside it; docs/performance.md, "Decoder
-#: memory"): 215, 285, 339, 390 and 440 MB. What the process holds before its cameras, and
-#: what each 720p camera (one analysed frame per second, keyframe every second) adds.
-MEMORY_BASE_MB = 215.0
-MEMORY_PER_CAMERA_MB = 15.0
+#: The agent's memory (RSS, all threads) as a line through the points of the full run of
+#: ``scripts/bench/bench.py`` (2026-12-06, 2-core AMD EPYC, int8 detector, two detect
+#: workers; docs/performance.md): 290, 339, 386 and 437 MB at 4, 8, 12 and 16 cameras of
+#: 720p. What the process holds before its cameras, and what each 720p camera (one analysed
+#: frame per second, keyframe every second) adds.
+MEMORY_BASE_MB = 240.0
+MEMORY_PER_CAMERA_MB = 12.5
 #: A main stream (``main_url``, evidence at full resolution) adds its reader, 1080p keyframes
 #: only (``scripts/bench/bench_decoder_memory.py --profiles 1080p25-gop25``, same day: 12.0 MB
 #: per camera), and its ring of 4 BGR frames (4 x 1920 x 1080 x 3 bytes = 24.9 MB).
@@ -432,7 +432,7 @@ def check_memory(cfg: AgentConfig, meminfo: Path = MEMINFO) -> Check:
     estimate, cameras, mains = memory_estimate(cfg)
     if cameras == 0:
         return Check("memory", OK, "no camera enabled")
-    per = f"{MEMORY_PER_CAMERA_MB:.0f} MB per 720p camera"
+    per = f"{MEMORY_PER_CAMERA_MB:g} MB per 720p camera"
     if mains:
         per += f", {MEMORY_PER_MAIN_STREAM_MB:.0f} MB per main stream"
     need = (
