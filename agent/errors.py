@@ -60,3 +60,11 @@ class SounderError(AgentError):
 
 class DiscoveryError(AgentError):
     """ONVIF discovery cannot use the network (bad interface, no multicast route, no permission)."""
+
+
+class PasswordHashError(SecretError):
+    """The stored password hash of the installer page is not one ``web passwd`` writes."""
+
+
+class WebError(AgentError):
+    """The local installer page cannot be served (address in use or not on this box, TLS files)."""

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from agent.config import EvidenceConfig
 from agent.errors import StoreError
-from agent.records import EvidenceInfo
+from agent.records import Detection, EvidenceInfo
 from agent.rules.engine import Alert
 
 logger = logging.getLogger(__name__)
@@ -277,6 +277,37 @@ def _hatch(image: np.ndarray, polygon: np.ndarray, thickness: int) -> None:
     cv2.polylines(image, [polygon], True, _GREY, thickness, cv2.LINE_AA)
 
 
+def draw_detections(image: np.ndarray, detections: Sequence[Detection]) -> None:
+    """Draw each detection's box and its label with confidence in red on ``image``, in place.
+
+    Line and text sizes follow the picture's width, so a box reads the same at 640 and 1920
+    pixels. The evidence and the installer page's snapshot draw them the same way.
+    """
+    height, width = image.shape[:2]
+    thickness = max(2, width // 400)
+    font_scale = max(0.5, width / 1280)
+    text_thick = max(1, round(width / 900))
+    for det in detections:
+        x1, y1, x2, y2 = det.box
+        p1 = (round(x1 * width), round(y1 * height))
+        p2 = (round(x2 * width), round(y2 * height))
+        cv2.rectangle(image, p1, p2, _RED, thickness)
+        label = f"{det.label} {det.confidence:.2f}"
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_thick)
+        ty = max(p1[1], th + base + 2)
+        cv2.rectangle(image, (p1[0], ty - th - base - 2), (p1[0] + tw + 4, ty), _RED, -1)
+        cv2.putText(
+            image,
+            label,
+            (p1[0] + 2, ty - base),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            _WHITE,
+            text_thick,
+            cv2.LINE_AA,
+        )
+
+
 def render(
     alert: Alert,
     frame: np.ndarray,
@@ -306,27 +337,7 @@ def render(
         _hatch(image, _pixels(polygon, width, height), thickness)
     if zone is not None:
         cv2.polylines(image, [_pixels(zone, width, height)], True, _YELLOW, thickness, cv2.LINE_AA)
-    font_scale = max(0.5, width / 1280)
-    text_thick = max(1, round(width / 900))
-    for det in alert.detections:
-        x1, y1, x2, y2 = det.box
-        p1 = (round(x1 * width), round(y1 * height))
-        p2 = (round(x2 * width), round(y2 * height))
-        cv2.rectangle(image, p1, p2, _RED, thickness)
-        label = f"{det.label} {det.confidence:.2f}"
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_thick)
-        ty = max(p1[1], th + base + 2)
-        cv2.rectangle(image, (p1[0], ty - th - base - 2), (p1[0] + tw + 4, ty), _RED, -1)
-        cv2.putText(
-            image,
-            label,
-            (p1[0] + 2, ty - base),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            font_scale,
-            _WHITE,
-            text_thick,
-            cv2.LINE_AA,
-        )
+    draw_detections(image, alert.detections)
     font = find_font(config.font)
     text = caption_text(
         alert.camera_id, camera_name, alert.type, alert.raised_at, tz, ascii_only=font is None

@@ -109,6 +109,24 @@ BREAKS = [
         "from agent.detect import detector",
         "agent.config.models -> agent.detect.detector",
     ),
+    Break(
+        "web-no-pipeline",
+        "agent/web/app.py",
+        "from agent.service import agent",
+        "agent.web.app -> agent.service.agent",
+    ),
+    Break(
+        "web-on-top",
+        "agent/install/doctor.py",
+        "from agent.web import auth",
+        "agent.install.doctor -> agent.web.auth",
+    ),
+    Break(
+        "web-stack-in-web",
+        "agent/service/web.py",
+        "import starlette",
+        "agent.service.web -> starlette",
+    ),
 ]
 
 

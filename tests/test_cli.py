@@ -58,7 +58,7 @@ def test_every_command_group_has_help() -> None:
         for name, command in typer.main.get_command(app).commands.items()  # type: ignore[attr-defined]
         if getattr(command, "commands", None) is not None
     }
-    assert len(groups) == 9, sorted(groups)
+    assert len(groups) == 10, sorted(groups)
     for name, group in groups.items():
         assert (group.help or "").strip(), f"{name} has no help"
         assert group.commands, f"{name} has no commands"
@@ -69,7 +69,7 @@ def test_top_level_help_lists_commands_in_their_order() -> None:
     root = typer.main.get_command(app)
     listed = root.list_commands(typer.Context(root))  # type: ignore[attr-defined]
     expected = ["run", "check", "status", "version", "init", "config", "model", "camera"]
-    expected += ["outbox", "alerts", "capture", "food", "alarm", "service"]
+    expected += ["outbox", "alerts", "capture", "food", "alarm", "service", "web"]
     assert listed == expected
 
 

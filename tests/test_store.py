@@ -541,3 +541,31 @@ def test_the_view_cannot_write(agent_state: tuple[Path, Path]) -> None:
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             view._conn.execute("DELETE FROM outbox")
     assert_untouched(db, db.stat().st_ino)
+
+
+def test_commands_recorded_before_the_source_column_read_as_the_platforms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database from before migration 013 keeps its command rows: the migration adds
+    ``source`` and they say ``platform`` (nothing else wrote commands then); a change from
+    the installer page is recorded with its own source beside them."""
+    db = db_path(tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(database_module, "MIGRATIONS", database_module.MIGRATIONS[:12])
+        old = Store(db)
+        with sqlite3.connect(db) as conn:  # a row as that agent wrote it: no source column
+            conn.execute(
+                "INSERT INTO commands (received_at, request_id, command, payload, ok)"
+                " VALUES (1.0, 'r1', 'mute', x'7b7d', 1)"
+            )
+        old.close()
+    box = Store(db)
+    box.record_command(None, "zones", b'{"camera": "k1"}', ok=True, source="web:192.168.1.5")
+    log = box.command_log(10)
+    assert [(r["source"], r["command"], r["ok"]) for r in log] == [
+        ("web:192.168.1.5", "zones", True),
+        ("platform", "mute", True),
+    ]
+    assert log[0]["payload"] == '{"camera": "k1"}'
+    assert [c[2] for c in box.commands(10)] == ["zones", "mute"]
+    box.close()

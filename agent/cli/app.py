@@ -17,7 +17,7 @@ and an exit code here, and only here (:func:`fail` and :data:`EXIT_CODES`):
 ====  ==========================================================
 
 This module imports no command module: each group's module (``run``, ``system``,
-``config``, ``model``, ``camera``, ``store``, ``capture``, ``food``, ``alarm``) imports
+``config``, ``model``, ``camera``, ``store``, ``capture``, ``food``, ``alarm``, ``web``) imports
 it and registers its commands on the apps below, and :mod:`agent.cli.main` imports them all.
 """
 
@@ -102,6 +102,10 @@ alarm_app = typer.Typer(
 app.add_typer(alarm_app, name="alarm")
 service_app = typer.Typer(help="Install the systemd service.", no_args_is_help=True)
 app.add_typer(service_app, name="service")
+web_app = typer.Typer(
+    help="The local installer page (web.enabled): set its password.", no_args_is_help=True
+)
+app.add_typer(web_app, name="web")
 
 ConfigOption = Annotated[
     Path,

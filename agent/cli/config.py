@@ -182,6 +182,38 @@ def _ask(q: _Question, answers: dict[str, Any]) -> str:
             typer.echo(f"  {exc}", err=True)
 
 
+def _ask_page_password(non_interactive: bool) -> str:
+    """The installer page's new password (``init --web-password``), asked twice."""
+    from agent.cli.web import ask_new_password  # noqa: PLC0415
+
+    if non_interactive:
+        fail(
+            ConfigError(
+                "--web-password asks for the password: not with --non-interactive "
+                "(use mclz-agent web passwd --password-stdin)"
+            )
+        )
+    return ask_new_password("installer page")
+
+
+def _keep_page_password(password: str | None, credentials_dir: Path) -> None:
+    """Store the page password's hash as the default credential (nothing for None); exit
+    when it cannot be stored."""
+    from agent.cli.web import store_web_password  # noqa: PLC0415
+    from agent.config import WebConfig  # noqa: PLC0415
+
+    if password is None:
+        return
+    try:
+        stored = store_web_password(password, WebConfig(), credentials_dir)
+    except AgentError as exc:
+        fail(exc)
+    typer.echo(
+        f"stored the installer page's password hash in {stored} (0600); turn the page on "
+        "with web: {enabled: true, listen: <this box's LAN address>:8080}"
+    )
+
+
 @app.command()
 def init(  # noqa: PLR0917 - typer passes each option by name
     config: ConfigOption = DEFAULT_CONFIG,
@@ -216,12 +248,22 @@ def init(  # noqa: PLR0917 - typer passes each option by name
         bool, typer.Option("--force", help="Replace an existing config (kept as .bak).")
     ] = False,
     credentials_dir: CredentialsOption = DEFAULT_STORE,
+    web_password: Annotated[
+        bool,
+        typer.Option(
+            "--web-password",
+            help="Also set the installer page's password (asked twice, kept as a hash).",
+        ),
+    ] = False,
 ) -> None:
     """Write this box's config: identity, broker, TLS, credentials, time zone.
 
     Asks for each answer (with a default and a check) unless it comes from a flag or a seed
     file; with --non-interactive a missing answer is an error. The broker password goes to
     the credential store (0600), never into the config. The result passes config check.
+
+    With --web-password it also asks for the local installer page's password and keeps its
+    scrypt hash as the credential web-password (the page stays off until web.enabled).
 
     Example: mclz-agent init --seed school-0012.yaml --non-interactive
     """
@@ -274,6 +316,7 @@ def init(  # noqa: PLR0917 - typer passes each option by name
         for k, v in answers.items()
     }
     settings = provision.InitSettings(**values)  # every answer is checked by .problems()
+    page_password = _ask_page_password(non_interactive) if web_password else None
     try:
         result = provision.init_config(
             settings, config, credentials_dir=credentials_dir, force=force
@@ -283,6 +326,7 @@ def init(  # noqa: PLR0917 - typer passes each option by name
     typer.echo(f"wrote {result.config}")
     for path in result.credentials:
         typer.echo(f"stored the broker password in {path} (0600)")
+    _keep_page_password(page_password, credentials_dir)
     if result.backup is not None:
         typer.echo(f"kept the old config as {result.backup}")
     typer.echo(

@@ -88,30 +88,26 @@ def food_calibrate(  # noqa: PLR0917 - typer passes each option by name
 
     Example: mclz-agent food calibrate kitchen-1 rice-tray --state covered --frames 5
     """
-    from agent.detect.food import food_zone, zone_crop  # noqa: PLC0415
+    from agent.detect.food import food_zone  # noqa: PLC0415
+    from agent.install.food import record_references  # noqa: PLC0415
 
     _check_state(state)
     try:
         cfg = load_config(config)
-        polygon = food_zone(cfg, camera, zone)
+        food_zone(cfg, camera, zone)  # before the stream is opened: a typo fails at once
         grabbed = _grab(cfg, camera, frames, seconds)
         store = _food_store(cfg)
         try:
-            for frame in grabbed:
-                crop, mask = zone_crop(frame, polygon)
-                store.add(camera, zone, state, crop, mask)
-            counts = dict.fromkeys(("covered", "uncovered", "empty"), 0)
-            for ref in store.references(camera, zone):
-                counts[ref.state] = counts.get(ref.state, 0) + 1
+            result = record_references(store, cfg, camera, zone, state=state, frames=grabbed)
         finally:
             store.database.close()
     except ValueError as exc:
         fail(ConfigError(f"cameras.{camera}.zones.{zone}: {exc}"))
     except AgentError as exc:
         fail(exc)
-    summary = ", ".join(f"{s} {n}" for s, n in counts.items())
+    summary = ", ".join(f"{s} {n}" for s, n in result["references"].items())
     typer.echo(f"{len(grabbed)} reference(s) of {camera}/{zone} stored as {state} ({summary})")
-    if sum(1 for n in counts.values() if n) < 2:
+    if not result["ready"]:
         typer.echo("record at least one other state before the zone can be classified")
 
 
@@ -119,21 +115,17 @@ def _classify_now(
     config: Path, camera: str
 ) -> tuple[np.ndarray, dict[str, tuple[ZoneState, dict[str, int]]]]:
     """One frame of ``camera`` and each food zone's state and reference counts."""
-    from agent.detect.food import build_classifier, food_zones, zone_crop  # noqa: PLC0415
+    from agent.detect.food import food_zones  # noqa: PLC0415
+    from agent.install.food import classify_zones  # noqa: PLC0415
 
     cfg = load_config(config)
-    zones = food_zones(cfg, camera)
+    food_zones(cfg, camera)  # before the stream is opened: an unknown camera fails at once
     frame = _grab(cfg, camera, 1, 0.0)[0]
     store = _food_store(cfg)
-    out: dict[str, tuple[ZoneState, dict[str, int]]] = {}
     try:
-        for zone, polygon in zones.items():
-            classifier = build_classifier(store, cfg.food, camera, zone, polygon)
-            crop, mask = zone_crop(frame, polygon)
-            out[zone] = (classifier.classify(crop, mask), classifier.counts)
+        return frame, classify_zones(store, cfg, camera, frame)
     finally:
         store.database.close()
-    return frame, out
 
 
 @food_app.command("test")
@@ -150,23 +142,29 @@ def food_test(
     Example: mclz-agent food test kitchen-1 rice-tray --json
     """
     from agent.detect.food import food_zone  # noqa: PLC0415
+    from agent.install.food import classify_zone  # noqa: PLC0415
 
     try:
-        food_zone(load_config(config), camera, zone)
-        _frame, results = _classify_now(config, camera)
+        cfg = load_config(config)
+        food_zone(cfg, camera, zone)  # before the stream is opened: a typo fails at once
+        frame = _grab(cfg, camera, 1, 0.0)[0]
+        store = _food_store(cfg)
+        try:
+            body = classify_zone(store, cfg, camera, zone, frame)
+        finally:
+            store.database.close()
     except ValueError as exc:
         fail(ConfigError(f"cameras.{camera}.zones.{zone}: {exc}"))
     except AgentError as exc:
         fail(exc)
-    result, counts = results[zone]
-    body = {"camera": camera, "zone": zone, **result.to_dict(), "references": counts}
     if as_json:
         typer.echo(json.dumps(body, ensure_ascii=False, indent=2))
         return
-    typer.echo(f"{'state':<10} {result.state}")
-    typer.echo(f"{'margin':<10} {result.margin:.2f}")
-    typer.echo(f"{'distance':<10} {result.distance:.4f}")
-    typer.echo(f"{'detail':<10} {result.detail}")
+    typer.echo(f"{'state':<10} {body['state']}")
+    typer.echo(f"{'margin':<10} {body['margin']:.2f}")
+    typer.echo(f"{'distance':<10} {body['distance']:.4f}")
+    typer.echo(f"{'detail':<10} {body['detail']}")
+    counts = body["references"]
     typer.echo(f"{'references':<10} " + ", ".join(f"{s} {n}" for s, n in counts.items()))
 
 

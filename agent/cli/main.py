@@ -17,7 +17,7 @@ from agent.cli import system  # noqa: F401 - registers check, status, version, s
 from agent.cli import config  # noqa: F401 - registers init, config
 
 # isort: on
-from agent.cli import alarm, camera, capture, food, model, store  # noqa: F401 - register
+from agent.cli import alarm, camera, capture, food, model, store, web  # noqa: F401 - register
 from agent.cli.app import app
 
 __all__ = ["app", "main"]

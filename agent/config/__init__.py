@@ -8,7 +8,8 @@ variable, a systemd credential or a file that holds the value.
 
 One model per YAML section, in the module of the stage it configures: ``base`` (the strict
 base model, ids, durations, secret references), ``cameras`` (stream, picture, zones, view,
-gating), ``detect`` (model, capture, food), ``rules`` (rules and schedules), ``alarm``, and
+gating), ``detect`` (model, capture, food), ``rules`` (rules and schedules), ``alarm``, ``web``
+(the local installer page), and
 ``models`` (identity, MQTT, storage, evidence, heartbeat, logging and the root
 :class:`AgentConfig`); ``loader`` reads and validates the file. Import from here.
 """
@@ -52,11 +53,13 @@ from agent.config.models import (
     TlsConfig,
 )
 from agent.config.rules import FOOD_ZONES, Consensus, RuleConfig, ScheduleWindow
+from agent.config.web import WEB_PASSWORD_CREDENTIAL, WebConfig, WebTlsConfig, split_listen
 
 __all__ = [
     "DEFAULT_CREDENTIALS_DIR",
     "FOOD_ZONES",
     "ID_PATTERN",
+    "WEB_PASSWORD_CREDENTIAL",
     "AgentConfig",
     "AlarmConfig",
     "BeepConfig",
@@ -84,6 +87,8 @@ __all__ = [
     "StorageConfig",
     "TlsConfig",
     "ViewConfig",
+    "WebConfig",
+    "WebTlsConfig",
     "ZoneConfig",
     "check_secrets",
     "credentials_directory",
@@ -92,5 +97,6 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "redacted_dict",
+    "split_listen",
     "with_base_dir",
 ]

@@ -71,7 +71,9 @@ class ZoneConfig(ConfigModel):
 
     name: str = Field(default="", max_length=100, description="display name, e.g. 备餐区")
     polygon: tuple[Point, ...] = Field(
-        min_length=3, description="corners [x, y], 0..1 from the top-left, in drawing order"
+        min_length=3,
+        max_length=100,
+        description="corners [x, y], 0..1 from the top-left, in drawing order (3..100)",
     )
     exclude: bool = Field(
         default=False,
@@ -91,7 +93,53 @@ class ZoneConfig(ConfigModel):
             area += x1 * y2 - x2 * y1
         if abs(area) / 2 < 1e-4:
             raise ValueError("polygon has no area (points on a line, or repeated)")
+        crossing = _crossing_edges(polygon)
+        if crossing is not None:
+            a, b = crossing
+            n = len(polygon)
+            raise ValueError(
+                f"polygon edges cross (corner {a + 1} to {(a + 1) % n + 1} and corner {b + 1} "
+                f"to {(b + 1) % n + 1}): list the corners in order around the area"
+            )
         return polygon
+
+
+def _orientation(p: Point, q: Point, r: Point) -> float:
+    """Twice the signed area of the triangle p, q, r (> 0: counter-clockwise)."""
+    return (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
+
+
+def _segments_meet(p1: Point, p2: Point, q1: Point, q2: Point) -> bool:
+    """Whether the closed segments p1-p2 and q1-q2 have a point in common."""
+    d1, d2 = _orientation(q1, q2, p1), _orientation(q1, q2, p2)
+    d3, d4 = _orientation(p1, p2, q1), _orientation(p1, p2, q2)
+    if ((d1 > 0 > d2) or (d1 < 0 < d2)) and ((d3 > 0 > d4) or (d3 < 0 < d4)):
+        return True
+
+    def on(a: Point, b: Point, c: Point, d: float) -> bool:  # c on segment a-b, collinear
+        return (
+            d == 0
+            and min(a[0], b[0]) <= c[0] <= max(a[0], b[0])
+            and min(a[1], b[1]) <= c[1] <= max(a[1], b[1])
+        )
+
+    return on(q1, q2, p1, d1) or on(q1, q2, p2, d2) or on(p1, p2, q1, d3) or on(p1, p2, q2, d4)
+
+
+def _crossing_edges(polygon: tuple[Point, ...]) -> tuple[int, int] | None:
+    """The first two edges of ``polygon`` that are not neighbours and meet, by start corner.
+
+    A crossing zone (a bow tie) has no clear inside: point-in-polygon tests disagree on it,
+    and it is almost always corners typed or clicked out of order.
+    """
+    n = len(polygon)
+    for a in range(n):
+        for b in range(a + 2, n):
+            if a == 0 and b == n - 1:
+                continue  # the last edge ends where the first starts
+            if _segments_meet(polygon[a], polygon[(a + 1) % n], polygon[b], polygon[(b + 1) % n]):
+                return a, b
+    return None
 
 
 class GatingConfig(ConfigModel):

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from agent.config.base import ID_PATTERN, SecretRef
 from agent.config.models import AgentConfig
+from agent.config.web import WebConfig
 from agent.errors import ConfigError, SecretError
 
 
@@ -190,6 +191,19 @@ def _anchor_secret(ref: SecretRef | None, base: Path) -> SecretRef | None:
     return ref.model_copy(update={"file": _anchor(ref.file, base)})
 
 
+def _anchor_web(config: AgentConfig, base: Path) -> WebConfig:
+    web = config.web
+    update: dict[str, Any] = {"password": _anchor_secret(web.password, base)}
+    if web.tls is not None:
+        update["tls"] = web.tls.model_copy(
+            update={
+                "cert_file": _anchor(web.tls.cert_file, base),
+                "key_file": _anchor(web.tls.key_file, base),
+            }
+        )
+    return web.model_copy(update=update)
+
+
 def with_base_dir(config: AgentConfig, base: Path) -> AgentConfig:
     """Resolve the config's relative paths against ``base`` (the config file's directory)."""
     cameras = {}
@@ -224,6 +238,7 @@ def with_base_dir(config: AgentConfig, base: Path) -> AgentConfig:
             "capture": config.capture.model_copy(
                 update={"directory": _anchor(config.capture.directory, base)}
             ),
+            "web": _anchor_web(config, base),
             "alarm": config.alarm.model_copy(
                 update={
                     "sounder": config.alarm.sounder.model_copy(

@@ -1,7 +1,7 @@
 """The root of the file, :class:`AgentConfig`, and its small sections.
 
 Identity, the MQTT uplink (with TLS), storage, evidence, heartbeat and logging live here;
-the larger sections have their own modules (cameras, rules, detect, alarm).
+the larger sections have their own modules (cameras, rules, detect, alarm, web).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from agent.config.base import ID_PATTERN, ID_RE, ConfigModel, Duration, SecretRe
 from agent.config.cameras import CameraConfig
 from agent.config.detect import CaptureConfig, FoodConfig, ModelConfig
 from agent.config.rules import FOOD_ZONES, RuleConfig, ScheduleWindow, default_rules
+from agent.config.web import WebConfig
 
 
 class IdentityConfig(ConfigModel):
@@ -234,6 +235,10 @@ class AgentConfig(ConfigModel):
     )
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig, description="heartbeat")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="logging")
+    web: WebConfig = Field(
+        default_factory=WebConfig,
+        description="the local installer page: zones, food references, health (issue #19)",
+    )
 
     @field_validator("rules")
     @classmethod
@@ -297,3 +302,5 @@ class AgentConfig(ConfigModel):
                 yield f"cameras.{camera_id}.password", camera.password
         if self.alarm.sounder.password is not None:
             yield "alarm.sounder.password", self.alarm.sounder.password
+        if self.web.enabled:  # the page's password hash is needed only when it is served
+            yield "web.password", self.web.password

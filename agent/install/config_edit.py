@@ -1,4 +1,5 @@
-"""Config edits for ``camera add`` and ``camera remove``: the file's comments are kept.
+"""Config edits for ``camera add``, ``camera remove`` and the installer page's zone editor
+(:func:`set_zones`): the file's comments are kept.
 
 The YAML document is changed in a ruamel.yaml round trip (comments, key order and quoting
 survive), and the changed text replaces the file only when it passes the same validation as
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -180,3 +181,128 @@ def remove_camera(path: Path, camera_id: str) -> tuple[AgentConfig, str | None]:
 
     config = edit_config(path, change)
     return config, removed[0] if removed else None
+
+
+#: Decimals kept of a zone corner: 1e-4 of the picture is a fifth of a pixel at 1920 wide.
+CORNER_DECIMALS = 4
+
+
+def _flow(items: Sequence[Any]) -> Any:
+    """A YAML sequence written on one line (``[a, b]``), as zone corners are by hand."""
+    from ruamel.yaml.comments import CommentedSeq  # noqa: PLC0415
+
+    seq = CommentedSeq(items)
+    seq.fa.set_flow_style()
+    return seq
+
+
+def _corners(polygon: object) -> object:
+    """Corners rounded to :data:`CORNER_DECIMALS` in flow style; anything else as it is (the
+    validation that follows names what is wrong with it)."""
+    if not isinstance(polygon, list | tuple):
+        return polygon
+    points: list[Any] = []
+    for point in polygon:
+        if isinstance(point, list | tuple) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in point
+        ):
+            points.append(_flow([round(float(v), CORNER_DECIMALS) for v in point]))
+        else:
+            points.append(point)
+    return _flow(points)
+
+
+def rule_zones(config: AgentConfig, camera_id: str) -> dict[str, tuple[str, ...]]:
+    """The zones each rule uses on the camera: its own ``rules.<name>.zones``, else the rule's."""
+    camera = config.cameras[camera_id]
+    out = {}
+    for name, rule in config.rules.items():
+        own = camera.rules.get(name)
+        out[name] = own.zones if own is not None and own.zones is not None else rule.zones
+    return out
+
+
+def set_zones(
+    path: Path,
+    camera_id: str,
+    zones: Mapping[str, Mapping[str, Any]],
+    rules: Mapping[str, Sequence[str]],
+) -> AgentConfig:
+    """Make ``zones`` the camera's zones and ``rules`` the zones its rules use; save if valid.
+
+    ``zones``: zone id -> ``name`` (text, may be Chinese), ``polygon`` (corners [x, y],
+    0..1), ``exclude``, ``food``; zones not named are removed. Kept zones keep their place
+    and comments; corners are rounded to 4 decimals. ``rules``: rule name -> zone ids (``@food``:
+    all food zones; empty: the whole picture); a rule whose zones on this camera are already
+    those is left as it is, any other gets the camera's own ``rules.<name>.zones``. The result
+    passes the same validation as ``config check`` or the file is untouched.
+
+    Raises:
+        ConfigError: no such camera, the file is not valid now, or the result is invalid
+            (every problem listed as ``config check`` lists it).
+        StoreError: the file cannot be written.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    current = validate_text(text, path)
+    if camera_id not in current.cameras:
+        known = ", ".join(sorted(current.cameras)) or "none"
+        raise ConfigError(f"{path}: no camera {camera_id!r} (configured: {known})")
+    in_force = rule_zones(current, camera_id)
+
+    def change(document: Any) -> None:
+        entry = document["cameras"][camera_id]
+        _write_zones(entry, zones)
+        _write_rule_zones(entry, rules, in_force)
+
+    return edit_config(path, change)
+
+
+def _write_zones(entry: Any, zones: Mapping[str, Mapping[str, Any]]) -> None:
+    """Make ``zones`` the camera ``entry``'s zones, keeping the kept ones' place and comments."""
+    from ruamel.yaml.comments import CommentedMap  # noqa: PLC0415
+
+    existing = entry.get("zones")
+    if not isinstance(existing, dict):
+        if not zones:
+            return
+        existing = CommentedMap()
+        entry["zones"] = existing
+    for zone_id in [z for z in existing if z not in zones]:
+        del existing[zone_id]
+    for zone_id, zone in zones.items():
+        node = existing.get(zone_id)
+        if not isinstance(node, dict):
+            node = CommentedMap()
+            existing[zone_id] = node
+        name = zone.get("name") or ""
+        if name or "name" in node:
+            node["name"] = name
+        node["polygon"] = _corners(zone.get("polygon"))
+        for flag in ("exclude", "food"):
+            value = zone.get(flag, False)
+            if value or flag in node:  # the defaults stay unwritten
+                node[flag] = value
+
+
+def _write_rule_zones(
+    entry: Any, rules: Mapping[str, Sequence[str]], in_force: Mapping[str, tuple[str, ...]]
+) -> None:
+    """Give the camera ``entry`` its own ``rules.<name>.zones`` where ``rules`` differ from
+    what is in force on it."""
+    from ruamel.yaml.comments import CommentedMap  # noqa: PLC0415
+
+    for rule, used in rules.items():
+        if tuple(used) == in_force.get(rule):
+            continue
+        own_rules = entry.get("rules")
+        if not isinstance(own_rules, dict):
+            own_rules = CommentedMap()
+            entry["rules"] = own_rules
+        own = own_rules.get(rule)
+        if not isinstance(own, dict):
+            own = CommentedMap()
+            own_rules[rule] = own
+        own["zones"] = _flow(list(used))

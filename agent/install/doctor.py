@@ -536,6 +536,31 @@ def run_checks(
     return out
 
 
+def live_checks(config_path: Path | None, cfg: AgentConfig) -> list[Check]:
+    """The checks that are cheap and safe inside the running agent (the installer page).
+
+    The config file (as it is on disk now) and its secrets, the clock, the state
+    directory's disk and the systemd unit. Left out: the broker (a second connection with
+    the agent's client id would take over its session), the cameras (an extra RTSP session
+    each), the database's full integrity check (reads the whole file), the model and the
+    capacity benchmark (seconds of the CPU the detector needs), memory (the estimate is for
+    a box the agent does not run on yet: inside it, its own memory would count twice) and
+    the audio check (it plays a beep in the kitchen). The heartbeat has those figures.
+    """
+    out = []
+    if config_path is None:
+        out.append(Check("config", WARN, "the agent runs on embedded defaults: no file"))
+    else:
+        out.append(check_config(config_path)[0])
+    steps: list[tuple[str, Callable[[], Check]]] = [
+        ("clock", check_clock),
+        ("disk", lambda: check_disk(cfg.storage.state_dir)),
+        ("systemd", check_systemd),
+    ]
+    out.extend(_guard(name, step) for name, step in steps)
+    return out
+
+
 def _guard(name: str, fn: Callable[[], T]) -> T | Check:
     """Run one check; a bug in it becomes a FAIL line (logged with its traceback)."""
     try:

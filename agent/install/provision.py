@@ -302,13 +302,19 @@ def store_secret(directory: Path, name: str, value: str) -> Path:
 def write_config(path: Path, text: str, mode: int) -> None:
     """Replace ``path`` atomically with ``text`` and give it ``mode``.
 
+    Run as root, the new file keeps the old one's owner and group: a config the service
+    may rewrite (the installer page, ``web.enabled``) stays the service's after a CLI edit.
+
     Raises:
         StoreError: it cannot be written.
     """
     try:
+        owner = path.stat() if path.exists() else None
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, text.encode("utf-8"))
         os.chmod(path, mode)
+        if owner is not None and os.geteuid() == 0:
+            os.chown(path, owner.st_uid, owner.st_gid)
     except OSError as exc:
         raise StoreError(f"{path}: cannot write the config: {exc.strerror}") from exc
 

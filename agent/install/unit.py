@@ -50,8 +50,12 @@ def unit_text(
     user: str = SERVICE_USER,
     state_dir: Path = UNIT_STATE_DIR,
     template: Path = _UNIT_TEMPLATE,
+    config_writable: bool = False,
 ) -> str:
     """The unit file for this installation: the shipped template with its paths filled in.
+
+    ``config_writable`` (``web.enabled``) opens the config file's folder to the service, so
+    that the installer page can save zones.
 
     Raises:
         ConfigError: the template is missing.
@@ -68,6 +72,14 @@ def unit_text(
         # ProtectSystem=strict makes everything else read-only: open the configured one.
         text = text.replace(
             "WorkingDirectory=", f"ReadWritePaths={state_dir}\nWorkingDirectory=", 1
+        )
+    if config_writable:
+        # The installer page saves zones into the config file: its folder must be writable
+        # (the file is replaced atomically, by a rename in that folder).
+        text = text.replace(
+            "WorkingDirectory=",
+            f"ReadWritePaths={config_path.absolute().parent}\nWorkingDirectory=",
+            1,
         )
     return text
 
@@ -112,8 +124,20 @@ def plan_service(
     if not executable.exists():
         raise ConfigError(f"{executable}: the mclz-agent program is not there (--exec PATH)")
     unit_dir = root / "etc/systemd/system"
+    folder = config_path.absolute().parent
+    if config.web.enabled and not folder.name.startswith("mclz"):
+        # With the page on, the config's folder becomes writable by the service (1770):
+        # never a shared folder such as /etc.
+        raise ConfigError(
+            f"{config_path}: web.enabled needs the config file in a folder of its own, such as "
+            f"/etc/mclz-agent/agent.yaml (its folder is opened to the service), not in {folder}"
+        )
     text = unit_text(
-        config_path.absolute(), executable.absolute(), user=user, state_dir=config.storage.state_dir
+        config_path.absolute(),
+        executable.absolute(),
+        user=user,
+        state_dir=config.storage.state_dir,
+        config_writable=config.web.enabled,
     )
     commands: list[list[str]] = []
     notes: list[str] = []
@@ -138,11 +162,19 @@ def plan_service(
         if _group_exists("audio"):
             commands.append(["usermod", "--append", "--groups", "audio", user])
         commands.append(["chgrp", user, str(config_path.absolute())])
+        if config.web.enabled:
+            commands.extend(_writable_config(config_path.absolute(), user))
         commands.append(["systemctl", "daemon-reload"])
         if enable:
             commands.append(["systemctl", "enable", *(["--now"] if start else []), UNIT_NAME])
     else:
         notes.append(f"files written under {root}; user, enable and start happen on the box")
+    if config.web.enabled:
+        notes.append(
+            f"web.enabled: the service may replace {config_path.absolute()} (zones saved on "
+            f"the installer page): the file is {user}'s, its folder root:{user} 1770 (sticky: "
+            "the service cannot touch the credentials or other files there)"
+        )
     if config.storage.state_dir.absolute() != UNIT_STATE_DIR:
         notes.append(
             f"state_dir {config.storage.state_dir} is not {UNIT_STATE_DIR}: the unit opens it "
@@ -156,6 +188,23 @@ def plan_service(
         commands=commands,
         notes=notes,
     )
+
+
+def _writable_config(config_path: Path, user: str) -> list[list[str]]:
+    """Commands that let the service replace its config file and nothing else in its folder.
+
+    The folder becomes ``root:<user>`` ``1770``: the service may create the temporary file
+    and rename it over the config, and the sticky bit keeps it from renaming or deleting
+    what it does not own (the credential store, ``cameras.env``). The file becomes the
+    service's, so the rename is allowed; :func:`~agent.install.provision.write_config` keeps
+    that owner when root edits the file later.
+    """
+    folder = str(config_path.parent)
+    return [
+        ["chown", f"root:{user}", folder],
+        ["chmod", "1770", folder],
+        ["chown", f"{user}:{user}", str(config_path)],
+    ]
 
 
 def _group_exists(name: str) -> bool:

@@ -30,6 +30,8 @@ Threads, who starts them, and what stops them (the names are relied on by tests 
   for PUBACKs, stop the drain, publish ``offline`` and disconnect in that order.
 * ``alarm``: started by ``Alarm.start`` (only with a sounder) and ended by ``Alarm.stop``,
   both called only here: its stop also cancels a play in progress.
+* ``web`` (the installer page, only with ``web.enabled``): started by :meth:`Agent.run`
+  through :func:`~agent.service.web.start_page`, stopped first at shutdown (within 2 s).
 
 Building an :class:`Agent` starts no thread (tests/test_fuzz.py checks it); nothing but
 :meth:`Agent.run` and a reload does. The main thread waits for SIGTERM/SIGINT, then stops
@@ -47,7 +49,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.alarm.policy import Alarm
@@ -58,7 +60,7 @@ from agent.detect.gate import LoadGovernor
 from agent.detect.model import load_model_package
 from agent.detect.pool import DetectorPool, auto_workers
 from agent.detect.sampling import Capture, capture_directory
-from agent.errors import AgentError
+from agent.errors import AgentError, WebError
 from agent.ingest.memory import map_large_buffers
 from agent.rules.engine import RuleEngine
 from agent.service.alerts import AlertWriter, end_alerts_left_open
@@ -68,12 +70,16 @@ from agent.service.pipeline import Pipeline
 from agent.service.runtime import Cameras, Runtime
 from agent.service.status import CameraStatus
 from agent.service.systemd import sd_notify, setup_logging
+from agent.service.web import AgentWebBackend, start_page
 from agent.store.database import db_path
 from agent.store.store import Store
 from agent.uplink import messages as contract
 from agent.uplink.client import Uplink
 from agent.uplink.commands import Commands
 from agent.uplink.overrides import Mute, RuleOverrides, effective_rules
+
+if TYPE_CHECKING:
+    from agent.web.server import WebServer
 
 # parse_time and setup_logging live in handlers and systemd; the CLI imports them from here.
 __all__ = ["Agent", "parse_time", "run_agent", "sd_notify", "setup_logging"]
@@ -187,6 +193,18 @@ class Agent:
             self.outbox, self.topics.command_reply, self.handlers.table(), self.uplink.wake
         )
         self.uplink.on_command = self.commands.handle
+        self.web_backend = AgentWebBackend(
+            self.runtime,
+            self.cameras,
+            self.handlers,
+            self.health,
+            mute=self.mute,
+            store=self.outbox,
+            config_path=config_path,
+            evidence_dir=evidence_dir,
+            heartbeat_now=self._heartbeat_now,
+        )
+        self.web: WebServer | None = None  # the installer page, while it is served
         enabled = {cid: cam for cid, cam in config.cameras.items() if cam.enabled}
         self.cameras.add(enabled, self.status.on_transition)
         self._detect_thread = threading.Thread(
@@ -227,6 +245,8 @@ class Agent:
         self._detect_thread.start()
         self._health_thread.start()
         self.health.record_run()
+        if self.config.web.enabled:
+            self._start_web()
         sd_notify(f"READY=1\nSTATUS={self.health.status_line()}")
         deadline = None if duration is None else time.monotonic() + duration
         while not self.stop_event.wait(0.5):
@@ -237,6 +257,17 @@ class Agent:
                 logger.info("run time of %.0f s reached", duration)
                 self.stop_event.set()
         self._shutdown()
+
+    def _start_web(self) -> None:
+        """Serve the installer page; one that cannot start is logged and the agent goes on.
+
+        The page is the installer's tool: a port taken by another program must not stop the
+        kitchen's alerts (systemd would restart the agent into the same failure for ever).
+        """
+        try:
+            self.web = start_page(self.web_backend, self.config.web)
+        except WebError as exc:
+            logger.error("installer page not served: %s", exc)
 
     def request_stop(self) -> None:
         """Ask the agent to stop (thread-safe, signal-safe)."""
@@ -260,6 +291,9 @@ class Agent:
     def _shutdown(self) -> None:
         sd_notify("STOPPING=1")
         t0 = time.monotonic()
+        if self.web is not None:  # first: no change from the page while the parts stop
+            self.web.stop()
+            self.web = None
         self.cameras.stop_all()
         self._wake.set()
         self._detect_thread.join(timeout=1.5)

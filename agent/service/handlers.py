@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, evidence
-from agent.config import check_secrets, load_config
+from agent.config import CameraConfig, check_secrets, load_config
 from agent.detect.food import FoodMonitor
 from agent.errors import ConfigError, StoreError
 from agent.rules.engine import RuleEngine
@@ -33,6 +33,16 @@ from agent.uplink.commands import CommandError, Handler
 from agent.uplink.overrides import Mute, RuleOverrides, apply_live, diff_config, effective_rules
 
 logger = logging.getLogger(__name__)
+
+#: A camera's settings its reader does not use: the rule engine, the food monitor and the
+#: evidence read them from the config in force at each use, so a change to them (zones
+#: drawn on the installer page) applies without reconnecting the camera.
+LIVE_CAMERA_FIELDS = ("name", "zones", "rules")
+
+
+def reader_settings(camera: CameraConfig) -> CameraConfig:
+    """``camera`` without :data:`LIVE_CAMERA_FIELDS`: what a reader restarts for."""
+    return camera.model_copy(update={"name": "", "zones": {}, "rules": {}})
 
 
 class Handlers:
@@ -77,7 +87,8 @@ class Handlers:
         """Re-read the config file and apply what can change live.
 
         Rules (with the stored overrides on top), cameras (added, removed, changed ones
-        restarted), evidence and heartbeat settings apply at once; a change anywhere else
+        restarted; a change to a camera's name, zones or rules only restarts nothing),
+        evidence and heartbeat settings apply at once; a change anywhere else
         (mqtt, storage, model, identity, logging) is reported in ``restart_required`` and
         in the heartbeat, and the running agent keeps its old values there.
 
@@ -107,7 +118,9 @@ class Handlers:
             readers = cameras.readers
             gone = sorted(set(readers) - set(enabled))
             restarted = sorted(
-                cid for cid in set(readers) & set(enabled) if readers[cid].config != enabled[cid]
+                cid
+                for cid in set(readers) & set(enabled)
+                if reader_settings(readers[cid].config) != reader_settings(enabled[cid])
             )
             added = sorted(set(enabled) - set(readers))
             cameras.join(cameras.remove(gone + restarted), timeout=0.05)

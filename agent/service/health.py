@@ -85,6 +85,8 @@ class Health:
         self._cpu = ProcessCpu()
         self.analysed_rate = 0.0  # frames analysed per second over the last heartbeat interval
         self._rate_mark = (0, time.monotonic())  # frames analysed by then: for the rate
+        #: The last heartbeat committed (the installer page shows it); None before the first.
+        self.last_heartbeat: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ the thread
 
@@ -179,6 +181,7 @@ class Health:
         except StoreError as exc:
             logger.error("heartbeat not stored: %s", exc)
             return
+        self.last_heartbeat = body
         self.uplink.wake()
 
     def report(self) -> dict[str, Any]:

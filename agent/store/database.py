@@ -221,6 +221,12 @@ def _m012_supersede(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m013_command_source(db: sqlite_utils.Database) -> None:
+    # Who gave a command (issue #19): the platform over MQTT, or the installer page as
+    # "web:<client address>". Rows from before say "platform": nothing else could write them.
+    db.execute("ALTER TABLE commands ADD COLUMN source TEXT NOT NULL DEFAULT 'platform'")
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("001_outbox", _m001_outbox),
     ("002_alerts", _m002_alerts),
@@ -234,6 +240,7 @@ MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("010_food_refs", _m010_food_refs),
     ("011_alarms", _m011_alarms),
     ("012_supersede", _m012_supersede),
+    ("013_command_source", _m013_command_source),
 )
 
 

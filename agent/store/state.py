@@ -31,6 +31,30 @@ class StateReads(Database):
             ).fetchall()
         return [(r[0], r[1], r[2], bool(r[3])) for r in rows]
 
+    def command_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Recorded commands with who gave them and their payload, newest first.
+
+        Each: ``received_at``, ``source`` (``platform`` or ``web:<client address>``),
+        ``request_id``, ``command``, ``payload`` (text) and ``ok``.
+        """
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT received_at, source, request_id, command, payload, ok FROM commands"
+                " ORDER BY seq DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            {
+                "received_at": r[0],
+                "source": r[1],
+                "request_id": r[2],
+                "command": r[3],
+                "payload": bytes(r[4]).decode("utf-8", "replace"),
+                "ok": bool(r[5]),
+            }
+            for r in rows
+        ]
+
     # ------------------------------------------------------------------ settings
 
     def settings(self, prefix: str = "") -> dict[str, Any]:
@@ -117,14 +141,21 @@ class StateWrites(StateReads, WritableDatabase):
     # ------------------------------------------------------------------ commands
 
     def record_command(
-        self, request_id: str | None, command: str, payload: bytes, *, ok: bool
+        self,
+        request_id: str | None,
+        command: str,
+        payload: bytes,
+        *,
+        ok: bool,
+        source: str = "platform",
     ) -> None:
-        """Keep a record of a command from the platform (accepted or not)."""
+        """Keep a record of a command (accepted or not): from the platform, or a change made
+        on the installer page (``source`` ``web:<client address>``)."""
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO commands (received_at, request_id, command, payload, ok)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (time.time(), request_id, command, payload, int(ok)),
+                "INSERT INTO commands (received_at, request_id, command, payload, ok, source)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (time.time(), request_id, command, payload, int(ok), source),
             )
 
     # ------------------------------------------------------------------ settings
