@@ -390,19 +390,24 @@ class Detector:
         x0, y0, x1, y1 = view.bounds(width, height) if view is not None else (0, 0, width, height)
         part = frame[y0:y1, x0:x1] if (x0, y0, x1, y1) != (0, 0, width, height) else frame
         cw, ch = x1 - x0, y1 - y0
-        hints = [  # the detector's boxes in the part's pixels: where to look closer
-            (
-                d.label,
+        # The detector's boxes in the part's pixels: where to look closer (look: people).
+        hints = (
+            None
+            if self._faces.look != "people"
+            else [
                 (
-                    d.box[0] * width - x0,
-                    d.box[1] * height - y0,
-                    d.box[2] * width - x0,
-                    d.box[3] * height - y0,
-                ),
-            )
-            for d in found
-            if d.label.startswith(HINT_PREFIXES)
-        ]
+                    d.label,
+                    (
+                        d.box[0] * width - x0,
+                        d.box[1] * height - y0,
+                        d.box[2] * width - x0,
+                        d.box[3] * height - y0,
+                    ),
+                )
+                for d in found
+                if d.label.startswith(HINT_PREFIXES)
+            ]
+        )
         faces = [
             Detection(
                 d.label,

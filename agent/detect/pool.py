@@ -50,6 +50,11 @@ def auto_workers(threads: int, cores: int | None = None) -> int:
     return max(1, min(MAX_AUTO_WORKERS, have // max(1, threads)))
 
 
+def resolve_workers(workers: int | str, threads: int) -> int:
+    """``model.workers`` as a count: ``auto`` becomes :func:`auto_workers` of ``threads``."""
+    return auto_workers(threads) if workers == "auto" else int(workers)
+
+
 class DetectorPool:
     """``workers`` detectors (``make``'s and its twins); :meth:`detect_views` deals frames out.
 

@@ -324,14 +324,14 @@ def check_capacity(cfg: AgentConfig) -> Check:
     from agent.detect.detector import Detector  # noqa: PLC0415
     from agent.detect.gate import HIGH as GOVERNOR_BUSY  # noqa: PLC0415 - intervals stretch above
     from agent.detect.model import load_model_package  # noqa: PLC0415
-    from agent.detect.pool import DetectorPool, auto_workers  # noqa: PLC0415
+    from agent.detect.pool import DetectorPool, resolve_workers  # noqa: PLC0415
     from agent.detect.views import View  # noqa: PLC0415
 
     demand, cameras, tiled = inference_demand(cfg)
     if cameras == 0:
         return Check("capacity", OK, "no camera enabled")
     model = cfg.model
-    workers = auto_workers(model.threads) if model.workers == "auto" else model.workers
+    workers = resolve_workers(model.workers, model.threads)
     try:
         package = load_model_package(model.path)
         pool = DetectorPool(

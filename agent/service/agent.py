@@ -58,7 +58,7 @@ from agent.detect.detector import Detector
 from agent.detect.food import FoodMonitor
 from agent.detect.gate import LoadGovernor
 from agent.detect.model import load_model_package
-from agent.detect.pool import DetectorPool, auto_workers
+from agent.detect.pool import DetectorPool, resolve_workers
 from agent.detect.sampling import Capture, capture_directory
 from agent.errors import AgentError, WebError
 from agent.ingest.memory import map_large_buffers
@@ -350,7 +350,7 @@ def _load_detector(config: AgentConfig) -> DetectorPool:
     """
     package = load_model_package(config.model.path)
     model = config.model
-    workers = auto_workers(model.threads) if model.workers == "auto" else model.workers
+    workers = resolve_workers(model.workers, model.threads)
 
     def make() -> Detector:
         return Detector(

@@ -422,11 +422,11 @@ def _onnx_detect(a: argparse.Namespace) -> Callable[[list[Any]], object]:
     """The agent's detectors (``--workers`` of them, ``--precision``) as a detect function."""
     from agent.detect.detector import Detector  # noqa: PLC0415
     from agent.detect.model import load_model_package  # noqa: PLC0415
-    from agent.detect.pool import DetectorPool, auto_workers  # noqa: PLC0415
+    from agent.detect.pool import DetectorPool, resolve_workers  # noqa: PLC0415
     from agent.detect.views import View  # noqa: PLC0415
 
     package = load_model_package(a.model)
-    workers = auto_workers(a.threads) if a.workers == "auto" else int(a.workers)
+    workers = resolve_workers(a.workers, a.threads)
     pool = DetectorPool(
         lambda: Detector(package, backend="onnxruntime", threads=a.threads, precision=a.precision),
         workers,
